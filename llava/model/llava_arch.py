@@ -1,0 +1,263 @@
+"""LLaVA's two mixins: the multimodal modules and the image splice entry point.
+
+`LlavaMetaModel` is mixed into the inner LLM (`LlamaModel`, `Qwen2Model`) so
+the vision modules sit under `model.*` in the state dict, as in LLaVA.
+`LlavaMetaForCausalLM` is mixed into the `*ForCausalLM` class and turns
+`input_ids` + images into `inputs_embeds`; the work is in `splice.py`.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import torch
+from torch import nn
+
+from llava.anyres import ImageLayout, normalize_aspect_ratio, parse_grid_pinpoints
+from llava.constants import IMAGE_TOKEN_INDEX
+from llava.model.projector import build_vision_projector
+from llava.model.splice import pack_image_features, splice_batch, split_images
+from llava.model.vision_tower import build_vision_tower
+
+
+def _new_image_newline(hidden: int, like: torch.Tensor | None = None) -> nn.Parameter:
+    """LLaVA's init: N(0, 1/hidden), so the newline starts at the scale of token embeddings."""
+    kwargs = {} if like is None else {"dtype": like.dtype, "device": like.device}
+    return nn.Parameter(torch.randn(hidden, **kwargs) * hidden**-0.5)
+
+
+class LlavaMetaModel:
+    """Holds `vision_tower`, `mm_projector` and (for *unpad merges) `image_newline`."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        if getattr(config, "mm_vision_tower", None) is not None:
+            # A checkpoint: rebuild from the stored vision config; weights come from the checkpoint.
+            self.vision_tower = build_vision_tower(config)
+            self.mm_projector = build_vision_projector(config)
+            if "unpad" in (getattr(config, "mm_patch_merge_type", "") or ""):
+                self.image_newline = _new_image_newline(config.hidden_size)
+
+    def get_vision_tower(self):
+        tower = getattr(self, "vision_tower", None)
+        return tower[0] if isinstance(tower, list) else tower
+
+    def initialize_vision_modules(self, model_args, fsdp=None):
+        """Load the tower from `model_args.vision_tower`, build projector and newline, record the config.
+
+        New modules take the LLM's dtype and device. `fsdp` is accepted for
+        LLaVA's signature; wrapping is left to the FSDP policy.
+        """
+        config = self.config
+        like = self.get_input_embeddings().weight
+        select_layer = getattr(model_args, "mm_vision_select_layer", -2)
+        select_feature = getattr(model_args, "mm_vision_select_feature", "patch") or "patch"
+        merge_type = getattr(model_args, "mm_patch_merge_type", "spatial_unpad") or "spatial_unpad"
+
+        tower = self.get_vision_tower()
+        if tower is None:
+            tower = build_vision_tower(model_args.vision_tower, select_layer, select_feature)
+            self.vision_tower = tower
+        else:
+            tower.load_model()
+        tower.to(dtype=like.dtype, device=like.device)
+
+        config.mm_vision_tower = str(model_args.vision_tower)
+        config.mm_vision_config = dict(tower.vision_config)
+        config.use_mm_proj = True
+        config.mm_projector_type = getattr(model_args, "mm_projector_type", "linear") or "linear"
+        config.mm_hidden_size = tower.hidden_size
+        config.mm_vision_select_layer = select_layer
+        config.mm_vision_select_feature = select_feature
+        config.mm_patch_merge_type = merge_type
+        config.mm_use_im_start_end = bool(getattr(model_args, "mm_use_im_start_end", False))
+        config.mm_use_im_patch_token = bool(getattr(model_args, "mm_use_im_patch_token", False))
+        aspect = getattr(model_args, "image_aspect_ratio", None) or getattr(config, "image_aspect_ratio", "anyres")
+        config.image_aspect_ratio = normalize_aspect_ratio(aspect)
+        pinpoints = getattr(model_args, "image_grid_pinpoints", None) or getattr(config, "image_grid_pinpoints", None)
+        config.image_grid_pinpoints = parse_grid_pinpoints(pinpoints, tower.image_size)
+        ImageLayout.from_config(config)  # fail now on an inconsistent combination
+
+        if getattr(self, "mm_projector", None) is None:
+            self.mm_projector = build_vision_projector(config).to(dtype=like.dtype, device=like.device)
+        else:
+            self.mm_projector.requires_grad_(True)  # LLaVA: re-enable a projector frozen by LoRA/peft
+        if "unpad" in merge_type and getattr(self, "image_newline", None) is None:
+            self.image_newline = _new_image_newline(config.hidden_size, like)
+
+        adapter = getattr(model_args, "pretrain_mm_mlp_adapter", None)
+        if adapter:
+            self.load_mm_adapter(adapter)
+
+    def load_mm_adapter(self, path):
+        """Load `mm_projector.bin` (keys `model.mm_projector.*`, `model.image_newline`)."""
+        weights = torch.load(path, map_location="cpu", weights_only=True)
+        prefix = "model.mm_projector."
+        projector = {k[len(prefix) :]: v for k, v in weights.items() if k.startswith(prefix)}
+        if not projector:
+            raise ValueError(f"{path} holds no '{prefix}*' weights; keys: {sorted(weights)[:8]}")
+        self.mm_projector.load_state_dict(projector)
+        if "model.image_newline" in weights and getattr(self, "image_newline", None) is not None:
+            with torch.no_grad():
+                self.image_newline.copy_(weights["model.image_newline"])
+
+
+class LlavaMetaForCausalLM(ABC):
+    """Image-aware input preparation shared by every `Llava*ForCausalLM`."""
+
+    @abstractmethod
+    def get_model(self):
+        """The inner LLM with the `LlavaMetaModel` mixin."""
+
+    def get_vision_tower(self):
+        return self.get_model().get_vision_tower()
+
+    def get_image_layout(self) -> ImageLayout:
+        return ImageLayout.from_config(self.config)
+
+    def encode_images(self, tiles: torch.Tensor) -> torch.Tensor:
+        """tiles [N, 3, s, s] -> projected features [N, tokens_per_tile, hidden].
+
+        Tiles arrive in whatever dtype the processor made (fp32); each module
+        gets its own dtype so a bf16 tower with an fp32 projector also works.
+        """
+        tower, projector = self.get_vision_tower(), self.get_model().mm_projector
+        features = tower(tiles.to(device=tower.device, dtype=tower.dtype))
+        weight = next(projector.parameters(), None)
+        return projector(features if weight is None else features.to(weight.dtype))
+
+    def initialize_vision_tokenizer(self, model_args, tokenizer):
+        """LLaVA's hook for `<im_start>`/`<im_patch>` tokens; those flags stay False here."""
+        for flag in ("mm_use_im_start_end", "mm_use_im_patch_token"):
+            if getattr(model_args, flag, False):
+                raise NotImplementedError(f"{flag}=True is not supported; LLaVA-NeXT trains with it False")
+
+    def prepare_inputs_labels_for_multimodal(
+        self, input_ids, position_ids, attention_mask, past_key_values, labels, images, image_sizes=None,
+        padding_side=None,
+    ):
+        """LLaVA's entry: returns (None, position_ids, attention_mask, past_key_values, inputs_embeds, labels).
+
+        `image_sizes` are PIL (width, height) pairs, flipped here once. Without
+        images (or while decoding with a cache) the inputs pass through untouched.
+        """
+        n_images = 0 if images is None else len(images)
+        decoding = past_key_values is not None and past_key_values.get_seq_length() > 0
+        if self.get_vision_tower() is None or n_images == 0 or decoding:
+            if input_ids is not None and (input_ids == IMAGE_TOKEN_INDEX).any() and not decoding:
+                n_markers = int((input_ids == IMAGE_TOKEN_INDEX).sum())
+                raise ValueError(f"the batch has {n_markers} image markers (IMAGE_TOKEN_INDEX) but 0 images were given")
+            return input_ids, position_ids, attention_mask, past_key_values, None, labels
+
+        layout = self.get_image_layout()
+        tiles = split_images(images)
+        sizes_hw = None  # PIL (width, height) -> (height, width), once
+        if image_sizes is not None:
+            sizes_hw = [None if s is None else (int(s[1]), int(s[0])) for s in image_sizes]
+        if layout.is_anyres and (sizes_hw is None or len(sizes_hw) != len(tiles)):
+            got = None if sizes_hw is None else len(sizes_hw)
+            raise ValueError(f"anyres needs one image_size per image: {len(tiles)} images, {got} image_sizes")
+        # One tower call for every tile of every image, then split back per image.
+        features = self.encode_images(torch.cat(tiles, dim=0))  # (all tiles, tokens_per_tile, H)
+        per_image = features.split([t.shape[0] for t in tiles], dim=0)
+        newline = getattr(self.get_model(), "image_newline", None)
+        image_tokens = [
+            pack_image_features(f, sizes_hw[i] if sizes_hw else None, layout, newline) for i, f in enumerate(per_image)
+        ]
+
+        embed = self.get_model().get_input_embeddings()
+        text_embeds = embed(input_ids.clamp(min=0))  # markers get a dummy id; splice overwrites them
+        side = padding_side or getattr(self.config, "tokenizer_padding_side", "right") or "right"
+        max_length = getattr(self.config, "tokenizer_model_max_length", None)
+        inputs_embeds, new_mask, new_positions, new_labels = splice_batch(
+            input_ids, text_embeds, image_tokens, attention_mask, labels, side, max_length
+        )
+        if attention_mask is not None:
+            new_mask = new_mask.to(attention_mask.dtype)
+        return None, new_positions, new_mask, past_key_values, inputs_embeds, new_labels
+
+    # forward / generate live here so every wrapper shares them: the mixin comes
+    # first in each wrapper's bases, and `super()` reaches the LLM's own methods.
+    def forward(
+        self,
+        input_ids=None,
+        attention_mask=None,
+        position_ids=None,
+        past_key_values=None,
+        inputs_embeds=None,
+        labels=None,
+        use_cache=None,
+        images=None,
+        image_sizes=None,
+        return_dict=None,
+        **kwargs,
+    ):
+        """The LLM's forward after the splice; `kwargs` (num_items_in_batch, logits_to_keep, ...) pass through."""
+        if inputs_embeds is None:
+            (input_ids, position_ids, attention_mask, past_key_values, inputs_embeds, labels) = (
+                self.prepare_inputs_labels_for_multimodal(
+                    input_ids, position_ids, attention_mask, past_key_values, labels, images, image_sizes
+                )
+            )
+        if return_dict is not None:
+            kwargs["return_dict"] = return_dict
+        return super().forward(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            inputs_embeds=inputs_embeds,
+            labels=labels,
+            use_cache=use_cache,
+            **kwargs,
+        )
+
+    @torch.no_grad()
+    def generate(self, inputs=None, images=None, image_sizes=None, **kwargs):
+        """LLaVA's generate: splice images into embeddings, then decode; returns only the new tokens.
+
+        The batch is re-padded on the left whatever the training padding side,
+        since decoding appends after each row's last token.
+        """
+        if "inputs_embeds" in kwargs:
+            raise NotImplementedError("pass input_ids (`inputs`), not inputs_embeds, to generate")
+        inputs = kwargs.pop("input_ids", inputs)
+        position_ids = kwargs.pop("position_ids", None)
+        attention_mask = kwargs.pop("attention_mask", None)
+        if images is not None and len(images) > 0:
+            (_, position_ids, attention_mask, _, inputs_embeds, _) = self.prepare_inputs_labels_for_multimodal(
+                inputs, position_ids, attention_mask, None, None, images, image_sizes, padding_side="left"
+            )
+        else:
+            self.prepare_inputs_labels_for_multimodal(inputs, None, attention_mask, None, None, None)  # marker check
+            inputs_embeds = self.get_model().get_input_embeddings()(inputs)
+        if position_ids is not None:
+            kwargs["position_ids"] = position_ids
+        return super().generate(inputs_embeds=inputs_embeds, attention_mask=attention_mask, **kwargs)
+
+    def prepare_inputs_for_generation(self, input_ids, past_key_values=None, inputs_embeds=None, **kwargs):
+        """Keep `images` / `image_sizes` in the step inputs for callers that pass them through generate."""
+        images = kwargs.pop("images", None)
+        image_sizes = kwargs.pop("image_sizes", None)
+        inputs = super().prepare_inputs_for_generation(
+            input_ids, past_key_values=past_key_values, inputs_embeds=inputs_embeds, **kwargs
+        )
+        if images is not None:
+            inputs["images"] = images
+        if image_sizes is not None:
+            inputs["image_sizes"] = image_sizes
+        return inputs
+
+    def save_pretrained(self, *args, **kwargs):
+        """Save with LLaVA's on-disk keys (`...vision_tower.vision_model.*`).
+
+        transformers 5 keeps CLIP/SigLIP weights without the `vision_model.`
+        level in memory and re-adds it on save only from the key mapping it
+        recorded at `from_pretrained`; the tower is usually attached later
+        (`initialize_vision_modules`), so record the mapping of the modules as
+        they are now.
+        """
+        from transformers.conversion_mapping import get_model_conversion_mapping
+
+        self._weight_conversions = get_model_conversion_mapping(self, add_legacy=False)
+        return super().save_pretrained(*args, **kwargs)

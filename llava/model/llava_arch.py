@@ -12,6 +12,7 @@ from abc import ABC, abstractmethod
 
 import torch
 from torch import nn
+from transformers import initialization as init
 
 from llava.anyres import ImageLayout, normalize_aspect_ratio, parse_grid_pinpoints
 from llava.constants import IMAGE_TOKEN_INDEX
@@ -37,6 +38,20 @@ class LlavaMetaModel:
             self.mm_projector = build_vision_projector(config)
             if "unpad" in (getattr(config, "mm_patch_merge_type", "") or ""):
                 self.image_newline = _new_image_newline(config.hidden_size)
+
+    @torch.no_grad()
+    def _init_weights(self, module):
+        """Also initialise `image_newline`, which transformers' own init does not know.
+
+        transformers 5 runs each sub-model's own `_init_weights`, so this lives
+        on the inner model that owns the parameter. `transformers.initialization`
+        skips tensors already loaded from a checkpoint, so a saved newline is
+        never overwritten; a fresh one (a llava config over a plain LLM folder)
+        gets N(0, 1/hidden) instead of uninitialised memory.
+        """
+        super()._init_weights(module)
+        if module is self and getattr(self, "image_newline", None) is not None:
+            init.normal_(self.image_newline, mean=0.0, std=self.config.hidden_size**-0.5)
 
     def get_vision_tower(self):
         tower = getattr(self, "vision_tower", None)

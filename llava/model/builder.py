@@ -1,0 +1,233 @@
+"""`load_pretrained_model`: LLaVA's loader, for the three kinds of folders training writes.
+
+- a full finetuned checkpoint (`config.json` of a `llava_*` model, all weights);
+- a LoRA checkpoint (`adapter_config.json`, adapter weights and
+  `non_lora_trainables.bin`) on top of `model_base`;
+- a projector-only pretrain checkpoint (`config.json` + `mm_projector.bin`) on
+  top of `model_base`, with the vision tower read from `config.mm_vision_tower`.
+
+The signature and return value are LLaVA's, so LLaVA's scripts and lmms-eval
+call it unchanged; the model family comes from the config's `model_type`
+rather than from the folder name, which LLaVA used.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from llava.constants import DEFAULT_IM_END_TOKEN, DEFAULT_IM_START_TOKEN, DEFAULT_IMAGE_PATCH_TOKEN
+
+NON_LORA_FILE = "non_lora_trainables.bin"
+PROJECTOR_FILE = "mm_projector.bin"
+
+
+def _as_dtype(torch_dtype) -> torch.dtype:
+    """Accept torch.float16 or LLaVA's strings ('float16', 'bf16', 'torch.float32', ...)."""
+    if isinstance(torch_dtype, torch.dtype):
+        return torch_dtype
+    names = {"fp16": "float16", "half": "float16", "bf16": "bfloat16", "fp32": "float32", "float": "float32"}
+    name = str(torch_dtype).removeprefix("torch.")
+    value = getattr(torch, names.get(name, name), None)
+    if not isinstance(value, torch.dtype):
+        raise ValueError(f"unknown torch_dtype {torch_dtype!r}; use e.g. 'float16', 'bfloat16', 'float32'")
+    return value
+
+
+def _load_kwargs(load_8bit, load_4bit, device_map, device, dtype, attn_implementation) -> dict:
+    """from_pretrained kwargs: dtype, attention, and placement/quantisation only where they apply."""
+    from llava.model.attention import resolve_attn_implementation
+
+    on_cuda = str(device).startswith("cuda")
+    if on_cuda and not torch.cuda.is_available():
+        raise RuntimeError(f"device={device!r} but CUDA is not available; pass device='cpu', torch_dtype='float32'")
+    kwargs = {"dtype": dtype, "attn_implementation": resolve_attn_implementation(attn_implementation)}
+    if load_8bit or load_4bit:
+        if not on_cuda:
+            raise ValueError(f"load_8bit/load_4bit need bitsandbytes on a CUDA device; got device={device!r}")
+        try:
+            from transformers import BitsAndBytesConfig
+            import bitsandbytes  # noqa: F401
+        except ImportError as err:
+            raise ImportError("load_8bit/load_4bit need the bitsandbytes package (pip install bitsandbytes)") from err
+        # The tower and projector are built inside our model, so keep them (and lm_head) unquantised, as LLaVA's
+        # separately loaded tower was.
+        keep = ["vision_tower", "mm_projector", "lm_head"]
+        if load_4bit:
+            kwargs["quantization_config"] = BitsAndBytesConfig(
+                load_in_4bit=True, bnb_4bit_compute_dtype=dtype, bnb_4bit_use_double_quant=True,
+                bnb_4bit_quant_type="nf4", llm_int8_skip_modules=keep,
+            )
+        else:
+            kwargs["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=keep)
+    if on_cuda:
+        kwargs["device_map"] = device_map if device == "cuda" else {"": device}
+    return kwargs
+
+
+def _model_class(config, model_name: str):
+    """Our class for a config: by `model_type`, by name hints only when the type says nothing."""
+    from llava.model import LlavaLlamaForCausalLM, LlavaQwenForCausalLM
+
+    kind = getattr(config, "model_type", "")
+    if kind in ("llava_qwen", "qwen2"):
+        return LlavaQwenForCausalLM
+    if kind in ("llava_llama", "llama"):
+        return LlavaLlamaForCausalLM
+    return LlavaQwenForCausalLM if "qwen" in (model_name or "").lower() else LlavaLlamaForCausalLM
+
+
+def _llava_config(path, model_name: str):
+    """The folder's config as our Llava config class (a plain LLM config is upgraded)."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(path)
+    cls = _model_class(config, model_name)
+    if not isinstance(config, cls.config_class):
+        config = cls.config_class.from_dict(config.to_dict())
+    return cls, config
+
+
+def _load_tower_from_folder(model, config):
+    """Pretrained tower weights from `config.mm_vision_tower` (the base LLM folder has none)."""
+    from llava.model.vision_tower import build_vision_tower
+
+    folder = getattr(config, "mm_vision_tower", None)
+    if not folder or not (Path(folder) / "config.json").is_file():
+        raise FileNotFoundError(
+            f"this checkpoint keeps no vision tower weights; its mm_vision_tower folder {folder!r} "
+            "is needed and was not found"
+        )
+    fresh = build_vision_tower(folder, select_layer=config.mm_vision_select_layer,
+                               select_feature=getattr(config, "mm_vision_select_feature", "patch"))
+    tower = model.get_vision_tower()
+    tower.vision_tower.load_state_dict(fresh.vision_tower.state_dict())
+    tower.image_processor = fresh.image_processor
+
+
+def _load_into(model, path: Path, what: str):
+    """Load a partial state dict (LLaVA key layout) that must provide the projector and newline.
+
+    Every tensor in the file must land in the model, and the multimodal
+    weights the base LLM folder lacks must all be in it: otherwise they would
+    stay at their random initialisation and the model would quietly be wrong.
+    """
+    weights = torch.load(path, map_location="cpu", weights_only=True)
+    weights = {(k[len("base_model."):] if k.startswith("base_model.") else k): v for k, v in weights.items()}
+    if any(k.startswith("model.model.") for k in weights):  # saved from inside a PeftModel wrapper
+        weights = {(k[len("model."):] if k.startswith("model.") else k): v for k, v in weights.items()}
+    params = model.state_dict()
+    needed = [k for k in params if k.startswith("model.mm_projector.") or k == "model.image_newline"]
+    missing = [k for k in needed if k not in weights]
+    if missing:
+        raise KeyError(f"{what} {path} lacks {missing}; without them these weights would stay random")
+    weights = {k: v.to(params[k].dtype) if k in params else v for k, v in weights.items()}
+    result = model.load_state_dict(weights, strict=False)
+    if result.unexpected_keys:
+        raise KeyError(f"{what} {path} has tensors the model does not: {result.unexpected_keys}")
+
+
+def _from_base(model_path: Path, model_base, model_name, load_kwargs):
+    """Base LLM weights + our config from `model_path`; the tower from its folder."""
+    cls, config = _llava_config(model_path, model_name)
+    from transformers import AutoConfig
+
+    base_vocab = AutoConfig.from_pretrained(model_base).vocab_size
+    target_vocab, config.vocab_size = config.vocab_size, base_vocab
+    model = cls.from_pretrained(model_base, config=config, **load_kwargs)
+    if target_vocab != base_vocab:
+        model.resize_token_embeddings(target_vocab)
+    _load_tower_from_folder(model, config)
+    return model
+
+
+def _load_lora(model_path: Path, model_base, model_name, load_kwargs):
+    """LLaVA's LoRA layout: base + non-LoRA trainables (projector, ...) + merged adapter."""
+    from peft import PeftModel
+
+    model = _from_base(model_path, model_base, model_name, load_kwargs)
+    if (model_path / NON_LORA_FILE).is_file():
+        _load_into(model, model_path / NON_LORA_FILE, NON_LORA_FILE)
+    model = PeftModel.from_pretrained(model, os.fspath(model_path))
+    return model.merge_and_unload()
+
+
+def _load_projector_only(model_path: Path, model_base, model_name, load_kwargs):
+    """Pretrain stage output: base LLM + the vision tower folder + `mm_projector.bin`."""
+    if not (model_path / PROJECTOR_FILE).is_file():
+        raise FileNotFoundError(
+            f"{model_path} has no {PROJECTOR_FILE}; with model_base a projector-only checkpoint is expected"
+        )
+    model = _from_base(model_path, model_base, model_name, load_kwargs)
+    _load_into(model, model_path / PROJECTOR_FILE, PROJECTOR_FILE)
+    return model
+
+
+def _image_processor(tower, model_path: Path, config):
+    """The checkpoint's own processor when it saved one, else the tower folder's (None without a tower)."""
+    from transformers import AutoImageProcessor
+
+    if tower is None:
+        return None
+    if (model_path / "preprocessor_config.json").is_file():
+        tower.image_processor = AutoImageProcessor.from_pretrained(model_path)
+    elif tower.image_processor is None:
+        folder = getattr(config, "mm_vision_tower", None)
+        if folder and (Path(folder) / "preprocessor_config.json").is_file():
+            tower.image_processor = AutoImageProcessor.from_pretrained(folder)
+    return tower.image_processor
+
+
+def _add_llava_tokens(tokenizer, model):
+    """LLaVA's optional `<im_patch>` / `<im_start>`/`<im_end>` tokens (off by default)."""
+    new = []
+    if getattr(model.config, "mm_use_im_patch_token", False):
+        new.append(DEFAULT_IMAGE_PATCH_TOKEN)
+    if getattr(model.config, "mm_use_im_start_end", False):
+        new += [DEFAULT_IM_START_TOKEN, DEFAULT_IM_END_TOKEN]
+    if new and tokenizer.add_tokens(new, special_tokens=True):
+        model.resize_token_embeddings(len(tokenizer))
+
+
+def load_pretrained_model(model_path, model_base, model_name, load_8bit=False, load_4bit=False, device_map="auto",
+                          device="cuda", torch_dtype="float16", attn_implementation=None, **kwargs):
+    """Load a LLaVA checkpoint; returns (tokenizer, model, image_processor, context_len) as LLaVA does.
+
+    `model_base` is the LLM folder a LoRA or projector-only checkpoint was
+    trained on (None for a full checkpoint). On a CPU-only machine pass
+    `device="cpu", torch_dtype="float32"`.
+    """
+    from transformers import AutoTokenizer
+
+    model_path = Path(model_path)
+    dtype = _as_dtype(torch_dtype)
+    if kwargs.pop("use_flash_attn", False) and attn_implementation is None:  # LLaVA's older flag
+        attn_implementation = "flash_attention_2"
+    load_kwargs = {**kwargs, **_load_kwargs(load_8bit, load_4bit, device_map, device, dtype, attn_implementation)}
+    is_lora = (model_path / "adapter_config.json").is_file()
+    if is_lora and model_base is None:
+        raise ValueError(f"{model_path} is a LoRA checkpoint; pass model_base (the LLM it was trained on)")
+
+    tokenizer = AutoTokenizer.from_pretrained(model_base if model_base is not None else model_path, use_fast=True)
+    if is_lora:
+        model = _load_lora(model_path, model_base, model_name, load_kwargs)
+    elif model_base is not None:
+        model = _load_projector_only(model_path, model_base, model_name, load_kwargs)
+    else:
+        cls, config = _llava_config(model_path, model_name)
+        model = cls.from_pretrained(model_path, config=config, **load_kwargs)
+
+    if "device_map" not in load_kwargs:  # the tower is a submodule, so it moves too
+        model.to(device=device, dtype=dtype)
+    _add_llava_tokens(tokenizer, model)
+    tower = model.get_vision_tower()
+    image_processor = _image_processor(tower, model_path, model.config)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
+    model.eval()
+    config = model.config
+    context_len = (getattr(config, "max_sequence_length", None) or getattr(config, "tokenizer_model_max_length", None)
+                   or 2048)
+    return tokenizer, model, image_processor, int(context_len)

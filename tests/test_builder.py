@@ -1,0 +1,129 @@
+"""`load_pretrained_model` on the three checkpoint kinds training writes, CPU fp32.
+
+Each loaded model must give the logits of the model that was saved: a full
+checkpoint, a projector-only pretrain checkpoint over `model_base`, and a LoRA
+checkpoint (adapter + `non_lora_trainables.bin`) merged over `model_base`.
+"""
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from llava.mm_utils import process_images, tokenizer_image_token
+from llava.model.builder import load_pretrained_model
+
+PROMPT = "A chat. USER: <image>\nWhat is this? ASSISTANT:"
+CPU = dict(device="cpu", torch_dtype="float32")
+
+
+def make_llava(llm_dir, tower_dir):
+    from llava.model import LlavaLlamaForCausalLM
+
+    model = LlavaLlamaForCausalLM.from_pretrained(llm_dir, dtype=torch.float32)
+    args = SimpleNamespace(
+        vision_tower=str(tower_dir), mm_vision_select_layer=-2, mm_vision_select_feature="patch",
+        pretrain_mm_mlp_adapter=None, mm_projector_type="mlp2x_gelu", mm_patch_merge_type="spatial_unpad",
+        image_aspect_ratio="anyres", image_grid_pinpoints=None,
+    )
+    torch.manual_seed(0)
+    model.get_model().initialize_vision_modules(args)
+    return model.eval()
+
+
+def logits(model, tokenizer, image_processor):
+    """Logits for one prompt with a 90x40 image, through LLaVA's entry points."""
+    picture = Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 90, 3), dtype=np.uint8))
+    ids = tokenizer_image_token(PROMPT, tokenizer, return_tensors="pt").unsqueeze(0)
+    pixels = process_images([picture], image_processor, model.config)
+    with torch.no_grad():
+        return model(input_ids=ids, images=pixels, image_sizes=[picture.size]).logits
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_llama_dir, tiny_clip_dir):
+    return make_llava(tiny_llama_dir, tiny_clip_dir)
+
+
+def test_full_checkpoint_round_trip(tmp_path, reference, tiny_llama_dir, tiny_clip_dir, tokenizers):
+    model = make_llava(tiny_llama_dir, tiny_clip_dir)
+    with torch.no_grad():  # a "finetuned" tower: the checkpoint, not the tower folder, must provide it
+        next(model.get_vision_tower().parameters()).add_(0.5)
+    model.config.tokenizer_model_max_length = 777
+    tower_processor = model.get_vision_tower().image_processor
+    model.save_pretrained(tmp_path)
+    tokenizers("llama2").save_pretrained(tmp_path)
+    tower_processor.save_pretrained(tmp_path)
+
+    tokenizer, loaded, processor, context_len = load_pretrained_model(tmp_path, None, "llava-tiny", **CPU)
+    assert type(loaded).__name__ == "LlavaLlamaForCausalLM"
+    assert context_len == 777
+    assert tokenizer.pad_token == tokenizer.unk_token  # llama2 has no pad token; LLaVA pads with unk
+    assert processor.to_dict() == tower_processor.to_dict()
+    assert {p.dtype for p in loaded.parameters()} == {torch.float32}
+    expected = logits(model, tokenizer, tower_processor)
+    torch.testing.assert_close(logits(loaded, tokenizer, processor), expected, atol=0, rtol=0)
+    assert not torch.allclose(expected, logits(reference, tokenizer, tower_processor))  # the tower change mattered
+
+
+def test_projector_only_checkpoint_over_base(tmp_path, reference, tiny_llama_dir, tokenizers):
+    model = reference
+    model.config.save_pretrained(tmp_path)
+    weights = {f"model.mm_projector.{k}": v for k, v in model.get_model().mm_projector.state_dict().items()}
+    weights["model.image_newline"] = model.get_model().image_newline.detach()
+    torch.save(weights, tmp_path / "mm_projector.bin")
+
+    tokenizer, loaded, processor, context_len = load_pretrained_model(
+        tmp_path, tiny_llama_dir, "llava-tiny-pretrain", device="cpu", torch_dtype=torch.float32
+    )
+    assert context_len == 2048
+    expected = logits(model, tokenizer, processor)
+    torch.testing.assert_close(logits(loaded, tokenizer, processor), expected, atol=0, rtol=0)
+
+
+def test_lora_checkpoint_merges_over_base(tmp_path, tiny_llama_dir, tiny_clip_dir, tokenizers):
+    from peft import LoraConfig, get_peft_model
+
+    model = make_llava(tiny_llama_dir, tiny_clip_dir)
+    lora = LoraConfig(r=4, lora_alpha=8, target_modules=r".*model\.layers\.\d+\.self_attn\.(q_proj|v_proj)")
+    peft_model = get_peft_model(model, lora)
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, param in peft_model.named_parameters():
+            if "lora_B" in name:  # trained adapters are non-zero
+                param.copy_(torch.randn(param.shape, generator=generator) * 0.2)
+        projector = model.get_model().mm_projector
+        projector[0].weight.add_(torch.randn(projector[0].weight.shape, generator=generator) * 0.1)
+    # LLaVA's non_lora_trainables.bin: the trainable non-LoRA tensors, named inside the PeftModel.
+    non_lora = {
+        n: p.detach().clone() for n, p in peft_model.named_parameters() if "mm_projector" in n or "newline" in n
+    }
+    assert len(non_lora) == 5 and all(n.startswith("base_model.model.model.") for n in non_lora)
+    peft_model.save_pretrained(tmp_path)
+    model.config.save_pretrained(tmp_path)
+    torch.save(non_lora, tmp_path / "non_lora_trainables.bin")
+
+    tokenizer, loaded, processor, _ = load_pretrained_model(tmp_path, tiny_llama_dir, "llava-tiny-lora", **CPU)
+    assert type(loaded).__name__ == "LlavaLlamaForCausalLM"  # merged and unwrapped
+    assert not any("lora" in name for name, _ in loaded.named_parameters())
+    expected = logits(peft_model.eval(), tokenizer, processor)
+    base_only = logits(make_llava(tiny_llama_dir, tiny_clip_dir), tokenizer, processor)
+    assert not torch.allclose(expected, base_only, atol=1e-3)  # the adapter and projector do change the output
+    torch.testing.assert_close(logits(loaded, tokenizer, processor), expected, atol=1e-5, rtol=1e-5)
+
+    del non_lora["base_model.model.model.image_newline"]  # a file that lacks a weight the base has not
+    torch.save(non_lora, tmp_path / "non_lora_trainables.bin")
+    with pytest.raises(KeyError, match=r"lacks \['model.image_newline'\]"):
+        load_pretrained_model(tmp_path, tiny_llama_dir, "llava-tiny-lora", **CPU)
+
+
+def test_quantised_or_cuda_loading_without_gpu_fails_clearly(tmp_path, tiny_llama_dir):
+    with pytest.raises(ValueError, match="load_8bit/load_4bit need bitsandbytes on a CUDA device; got device='cpu'"):
+        load_pretrained_model(tiny_llama_dir, None, "llava", load_4bit=True, **CPU)
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="CUDA is not available"):
+            load_pretrained_model(tiny_llama_dir, None, "llava", device="cuda")
+    with pytest.raises(ValueError, match="unknown torch_dtype 'float17'"):
+        load_pretrained_model(tiny_llama_dir, None, "llava", device="cpu", torch_dtype="float17")

@@ -1,0 +1,335 @@
+"""LLaVA's multimodal helpers: prompt tokenisation with image markers, image tiling.
+
+Public names and signatures follow LLaVA's `llava/mm_utils.py`, so LLaVA's
+scripts and lmms-eval's `llava` adapter run unchanged. The anyres pixels equal
+transformers' `LlavaNextImageProcessorPil` (the reference the converted model
+is used with), computed faster: every resize is one PIL call on uint8, tiles
+are numpy views of one padded canvas, and rescale+normalise is one table
+lookup per channel that reproduces transformers' float arithmetic exactly.
+All size maths comes from `llava.anyres`.
+"""
+
+from __future__ import annotations
+
+import base64
+import math
+from io import BytesIO
+
+import numpy as np
+import torch
+from PIL import Image
+from transformers import StoppingCriteria
+
+from llava import anyres
+from llava.constants import DEFAULT_IMAGE_TOKEN, IMAGE_TOKEN_INDEX
+
+# ----------------------------------------------------------------------------- text
+
+
+def tokenizer_image_token(prompt, tokenizer, image_token_index=IMAGE_TOKEN_INDEX, return_tensors=None):
+    """Token ids of `prompt` with one `image_token_index` per "<image>" marker.
+
+    Each text chunk is tokenised on its own (as LLaVA does) without special
+    tokens; a single BOS starts the sequence iff the tokenizer adds one to plain
+    text (llama2/mistral do, qwen2 does not). Empty chunks add nothing.
+    """
+    ids = [tokenizer.bos_token_id] if _adds_bos(tokenizer) else []
+    for i, chunk in enumerate(prompt.split(DEFAULT_IMAGE_TOKEN)):
+        if i:
+            ids.append(image_token_index)
+        if chunk:
+            ids.extend(tokenizer(chunk, add_special_tokens=False).input_ids)
+    if return_tensors is None:
+        return ids
+    if return_tensors == "pt":
+        return torch.tensor(ids, dtype=torch.long)
+    raise ValueError(f"unsupported return_tensors {return_tensors!r}; use None or 'pt'")
+
+
+def _adds_bos(tokenizer) -> bool:
+    """Whether the tokenizer puts its BOS in front of ordinary text."""
+    bos = tokenizer.bos_token_id
+    if bos is None:
+        return False
+    with_special = tokenizer("a", add_special_tokens=True).input_ids
+    without = tokenizer("a", add_special_tokens=False).input_ids
+    return len(with_special) > len(without) and with_special[0] == bos
+
+
+class KeywordsStoppingCriteria(StoppingCriteria):
+    """Stop generation once every sequence ends with one of `keywords` (LLaVA's criterion).
+
+    Returns one bool per sequence, as transformers 5 expects. Works whether the
+    ids passed during generation include the prompt (`input_ids` given to
+    `generate`) or only the new tokens (generation from `inputs_embeds`).
+    """
+
+    def __init__(self, keywords, tokenizer, input_ids):
+        self.keywords = list(keywords)
+        self.tokenizer = tokenizer
+        self.keyword_ids = []
+        for keyword in self.keywords:
+            ids = tokenizer(keyword, add_special_tokens=False).input_ids
+            if ids:
+                self.keyword_ids.append(torch.tensor(ids, dtype=torch.long))
+        self.max_keyword_len = max((len(k) for k in self.keyword_ids), default=1)
+        self.prompt = input_ids[0] if input_ids.dim() == 2 else input_ids
+        self.start_len = int(self.prompt.shape[-1])
+
+    def _generated(self, row: torch.Tensor) -> torch.Tensor:
+        n = self.start_len
+        if row.shape[0] >= n and torch.equal(row[:n].cpu(), self.prompt.cpu()):
+            return row[n:]
+        return row
+
+    def _row_done(self, row: torch.Tensor) -> bool:
+        new = self._generated(row).cpu()
+        for ids in self.keyword_ids:
+            if new.shape[0] >= ids.shape[0] and torch.equal(new[-ids.shape[0] :], ids):
+                return True
+        tail = self.tokenizer.decode(new[-(self.max_keyword_len + 2) :], skip_special_tokens=True)
+        return any(keyword in tail for keyword in self.keywords)
+
+    def __call__(self, input_ids: torch.LongTensor, scores=None, **kwargs) -> torch.BoolTensor:
+        done = [self._row_done(row) for row in input_ids]
+        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
+
+
+def get_model_name_from_path(model_path: str) -> str:
+    """Last path component, or "parent_checkpoint-N" for a trainer checkpoint folder (as LLaVA)."""
+    parts = model_path.strip("/").split("/")
+    if parts[-1].startswith("checkpoint-") and len(parts) > 1:
+        return f"{parts[-2]}_{parts[-1]}"
+    return parts[-1]
+
+
+# ----------------------------------------------------------------------------- images
+
+
+def load_image_from_base64(image: str) -> Image.Image:
+    return Image.open(BytesIO(base64.b64decode(image)))
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """RGB as transformers' `convert_to_rgb` makes it: transparency is composited onto white.
+
+    Differs from a bare `image.convert("RGB")` for RGBA/LA/PA and palette images
+    with a transparent colour (convert would keep the hidden colour values);
+    every other mode (L, P, CMYK, I;16, ...) is exactly `convert("RGB")`.
+    """
+    if image.mode == "RGB":
+        return image
+    if "A" in image.getbands() or image.info.get("transparency") is not None:
+        rgba = image.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def expand2square(pil_img: Image.Image, background_color) -> Image.Image:
+    """Pad to a square with `background_color`, the image centred (LLaVA's 'pad' mode)."""
+    width, height = pil_img.size
+    if width == height:
+        return pil_img
+    side = max(width, height)
+    result = Image.new(pil_img.mode, (side, side), background_color)
+    result.paste(pil_img, ((side - width) // 2, (side - height) // 2))
+    return result
+
+
+def _field(size, key):
+    if size is None:
+        return None
+    return size.get(key) if isinstance(size, dict) else getattr(size, key, None)
+
+
+class _Recipe:
+    """What `LlavaNextImageProcessorPil` does to each tile, read from a CLIP/SigLIP processor."""
+
+    def __init__(self, processor):
+        size, crop = processor.size, getattr(processor, "crop_size", None)
+        self.short = _field(size, "shortest_edge")
+        self.size_hw = (_field(size, "height"), _field(size, "width"))
+        if not self.short and not all(self.size_hw):
+            raise ValueError(f"image processor size {size} has neither shortest_edge nor height/width")
+        # Base tile size and tile side, as LlavaNextImageProcessor derives them.
+        self.base_hw = self.size_hw if all(self.size_hw) else (self.short, self.short)
+        self.tile = _field(crop, "height") or self.size_hw[0] or self.short
+        self.do_resize = bool(getattr(processor, "do_resize", True))
+        self.crop_hw = (_field(crop, "height"), _field(crop, "width"))
+        self.do_crop = bool(getattr(processor, "do_center_crop", False)) and all(self.crop_hw)
+        resample = getattr(processor, "resample", None)
+        self.resample = Image.Resampling.BILINEAR if resample is None else _pil_resample(resample)
+        self.processor = processor
+        self.lut = self._value_table()  # (3, 256) float32
+        self.divisor, self.mean, self.std = self._arithmetic()
+
+    def resize_target(self, hw):
+        """Size the per-tile `resize(size)` step produces for a tile of size `hw`."""
+        if not self.short:
+            return self.size_hw
+        h, w = hw
+        new_long = int(self.short * max(h, w) / min(h, w))
+        return (new_long, self.short) if w <= h else (self.short, new_long)
+
+    def finish(self, tiles: np.ndarray) -> torch.Tensor:
+        """Per-tile resize and centre crop, then normalise: (n, h, w, 3) uint8 -> (n, 3, h', w') float32."""
+        if self.do_resize and self.resize_target(tiles.shape[1:3]) != tiles.shape[1:3]:
+            target_hw = self.resize_target(tiles.shape[1:3])
+            tiles = np.stack([_pil_resize(t, target_hw, self.resample) for t in tiles])
+        if self.do_crop and tiles.shape[1:3] != self.crop_hw:
+            tiles = _center_crop(tiles, self.crop_hw)
+        src = torch.from_numpy(np.ascontiguousarray(tiles))
+        out = torch.empty((src.shape[0], 3, src.shape[1], src.shape[2]), dtype=torch.float32)
+        return self.normalize(src, out)
+
+    def is_final(self, hw) -> bool:
+        """True when resize(size) and centre crop leave a tile of size `hw` unchanged."""
+        hw = tuple(hw)
+        resized = self.resize_target(hw) if self.do_resize else hw
+        return resized == hw and (not self.do_crop or hw == self.crop_hw)
+
+    def normalize(self, src: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """Rescale and normalise uint8 `src` (..., h, w, 3) into float32 `out` (..., 3, h, w)."""
+        out.copy_(src.movedim(-1, -3))  # (..., 3, h, w)
+        if self.divisor is not None:
+            return out.div_(self.divisor).sub_(self.mean).div_(self.std)
+        index = out.to(torch.long)
+        for c in range(3):
+            out[..., c, :, :] = self.lut[c][index[..., c, :, :]]
+        return out
+
+    def _arithmetic(self):
+        """(divisor, mean, std) float32 tensors when `((x / divisor) - mean) / std` equals the table.
+
+        Checked on all 256 levels, so the fast path is bit-identical to
+        transformers or not taken (then the table lookup is used).
+        """
+        factor = float(getattr(self.processor, "rescale_factor", 1 / 255))
+        if not getattr(self.processor, "do_rescale", True) or factor <= 0:
+            return None, None, None
+        divisor = torch.tensor(round(1 / factor), dtype=torch.float32)
+        mean, std = (torch.from_numpy(np.array(v)).view(3, 1, 1) for v in self._mean_std())
+        levels = torch.arange(256, dtype=torch.float32).expand(3, 1, 256)
+        if torch.equal((levels / divisor - mean) / std, self.lut.view(3, 1, 256)):
+            return divisor, mean, std
+        return None, None, None
+
+    def _mean_std(self):
+        if not getattr(self.processor, "do_normalize", True):
+            return np.zeros(3, dtype=np.float32), np.ones(3, dtype=np.float32)
+        mean = np.broadcast_to(np.asarray(self.processor.image_mean, dtype=np.float32), (3,))
+        std = np.broadcast_to(np.asarray(self.processor.image_std, dtype=np.float32), (3,))
+        return mean, std
+
+    def _value_table(self) -> torch.Tensor:
+        """Output value of each uint8 level per channel, computed the way transformers does.
+
+        transformers rescales in float64, casts to float32 and normalises in
+        float32; doing the same on the 256 levels gives the exact reference.
+        """
+        levels = np.arange(256, dtype=np.float64)[None].repeat(3, 0)  # (3, 256)
+        if getattr(self.processor, "do_rescale", True):
+            levels = levels * self.processor.rescale_factor
+        mean, std = self._mean_std()
+        return torch.from_numpy((levels.astype(np.float32) - mean[:, None]) / std[:, None])
+
+
+def _pil_resample(resample):
+    if isinstance(resample, int):
+        return Image.Resampling(int(resample))
+    name = str(getattr(resample, "name", resample)).upper()
+    if name in Image.Resampling.__members__:
+        return Image.Resampling[name]
+    raise ValueError(f"unsupported resample {resample!r} for PIL resizing")
+
+
+def _pil_resize(array: np.ndarray, hw, resample) -> np.ndarray:
+    return np.asarray(Image.fromarray(array).resize((hw[1], hw[0]), resample=resample))
+
+
+def _center_crop(tiles: np.ndarray, crop_hw) -> np.ndarray:
+    """transformers' centre crop on (n, h, w, 3): zero-pad (rounding up on top/left) when too small."""
+    n, h, w, _ = tiles.shape
+    crop_h, crop_w = crop_hw
+    top, left = (h - crop_h) // 2, (w - crop_w) // 2
+    if top >= 0 and left >= 0:
+        return tiles[:, top : top + crop_h, left : left + crop_w]
+    big_h, big_w = max(h, crop_h), max(w, crop_w)
+    pad_top, pad_left = math.ceil((big_h - h) / 2), math.ceil((big_w - w) / 2)
+    canvas = np.zeros((n, big_h, big_w, 3), dtype=tiles.dtype)
+    canvas[:, pad_top : pad_top + h, pad_left : pad_left + w] = tiles
+    top, left = top + pad_top, left + pad_left
+    return canvas[:, max(0, top) : top + crop_h, max(0, left) : left + crop_w]
+
+
+def process_anyres_image(image, processor, grid_pinpoints) -> torch.Tensor:
+    """Anyres tiles of one PIL image: float32 [num_tiles, 3, s, s], base image first.
+
+    The base is the whole image squashed to the processor size; the other
+    tiles cut, row-major, the image resized into the best pinpoint canvas
+    (aspect kept, zero padding centred). Equal to `LlavaNextImageProcessorPil`.
+    """
+    if not isinstance(image, Image.Image):
+        raise TypeError(f"process_anyres_image expects a PIL image, got {type(image).__name__}")
+    recipe = _Recipe(processor)
+    tile = recipe.tile
+    pinpoints = anyres.parse_grid_pinpoints(grid_pinpoints, tile)
+    rgb = to_rgb(image)
+    image_hw = (rgb.height, rgb.width)
+    rows, cols = anyres.tile_grid_shape(image_hw, pinpoints, tile)
+    canvas_hw = (rows * tile, cols * tile)
+    new_h, new_w = anyres.resize_for_tiles(image_hw, canvas_hw)
+    canvas = np.zeros((*canvas_hw, 3), dtype=np.uint8)
+    top, left = (canvas_hw[0] - new_h) // 2, (canvas_hw[1] - new_w) // 2
+    canvas[top : top + new_h, left : left + new_w] = _resized(rgb, (new_h, new_w), recipe.resample)
+    base = np.array(_resized(rgb, recipe.base_hw, recipe.resample))[None]  # (1, bh, bw, 3), writable
+    if not (recipe.is_final((tile, tile)) and recipe.is_final(recipe.base_hw) and recipe.base_hw == (tile, tile)):
+        grid = canvas.reshape(rows, tile, cols, tile, 3).transpose(0, 2, 1, 3, 4)  # (rows, cols, t, t, 3)
+        return torch.cat([recipe.finish(base), recipe.finish(grid.reshape(rows * cols, tile, tile, 3))])
+    # Common case: tiles are already final; normalise straight from the canvas into the output.
+    out = torch.empty((rows * cols + 1, 3, tile, tile), dtype=torch.float32)
+    recipe.normalize(torch.from_numpy(base), out[:1])
+    grid = torch.from_numpy(canvas).view(rows, tile, cols, tile, 3).transpose(1, 2)  # (rows, cols, t, t, 3)
+    recipe.normalize(grid, out[1:].view(rows, cols, 3, tile, tile))
+    return out
+
+
+def _resized(rgb: Image.Image, hw, resample) -> np.ndarray:
+    if (rgb.height, rgb.width) == tuple(hw):
+        return np.asarray(rgb)
+    return np.asarray(rgb.resize((hw[1], hw[0]), resample=resample))
+
+
+def process_images(images, image_processor, model_cfg):
+    """Pixel tensors for a list of PIL images, per `model_cfg.image_aspect_ratio` (LLaVA semantics).
+
+    anyres: one tiles tensor per image (stacked when all shapes agree); pad:
+    square-padded with the processor's mean colour, then the processor;
+    otherwise: the processor alone.
+    """
+    aspect = anyres.normalize_aspect_ratio(getattr(model_cfg, "image_aspect_ratio", None))
+    if aspect == "anyres":
+        pinpoints = getattr(model_cfg, "image_grid_pinpoints", None)
+        out = [process_anyres_image(image, image_processor, pinpoints) for image in images]
+    elif aspect == "pad":
+        fill = tuple(int(x * 255) for x in image_processor.image_mean)
+        out = [
+            image_processor.preprocess(expand2square(to_rgb(image), fill), return_tensors="pt")["pixel_values"][0]
+            for image in images
+        ]
+    else:
+        return image_processor(images, return_tensors="pt")["pixel_values"]
+    if all(x.shape == out[0].shape for x in out):
+        return torch.stack(out, dim=0)
+    return out
+
+
+def select_best_resolution(original_size, possible_resolutions):
+    """LLaVA's entry point: `original_size` is PIL (width, height); pinpoints are [height, width].
+
+    Returns the chosen canvas as (width, height), like LLaVA's function.
+    """
+    width, height = original_size
+    best_h, best_w = anyres.select_best_resolution((height, width), possible_resolutions)
+    return best_w, best_h

@@ -1,0 +1,73 @@
+"""Image sizes from file headers, without decoding pixels.
+
+`PIL.Image.open` parses only the header, so a size costs one small read and
+tens of microseconds of Python. On local disks that is about a minute for
+665K images on one core; on network filesystems the time goes into waiting for
+each file, so a thread pool overlaps those waits (threads, not processes: no
+re-import of the training script in every worker, no fork of a process whose
+tokenizer threads may hold locks).
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+from PIL import Image
+
+POOL_THRESHOLD = 256
+"""Below this many distinct paths the files are read in the calling thread."""
+
+
+def image_header(path: str):
+    """`(height, width)` of the image at `path`, or the problem kind when it cannot be read.
+
+    Kinds: `missing_image` (no such file), `empty_image` (0 bytes),
+    `corrupt_image` (no readable image header).
+    """
+    try:
+        if os.path.getsize(path) == 0:
+            return "empty_image"
+    except OSError:
+        return "missing_image"
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+    except Exception:  # PIL raises many types for garbage (UnidentifiedImageError, SyntaxError, ...)
+        return "corrupt_image"
+    if width <= 0 or height <= 0:
+        return "corrupt_image"
+    return int(height), int(width)
+
+
+def default_workers() -> int:
+    """Threads that wait on file reads: 16, fewer when several ranks of a node scan at once."""
+    per_node = int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)
+    return max(2, 16 // max(per_node, 1))
+
+
+def read_headers(paths, workers: int | None = None, progress=None) -> dict:
+    """`{path: (height, width) or problem kind}` for each distinct path.
+
+    `progress` (a callable taking a count) is told as results arrive, for a progress bar.
+    """
+    unique = list(dict.fromkeys(paths))
+    workers = default_workers() if workers is None else workers
+    out = {}
+    if workers <= 1 or len(unique) < POOL_THRESHOLD:
+        for path in unique:
+            out[path] = image_header(path)
+            if progress:
+                progress(1)
+        return out
+    blocks = [unique[i : i + 128] for i in range(0, len(unique), 128)]  # one future per 128 files
+    with ThreadPoolExecutor(workers) as pool:
+        for block, results in zip(blocks, pool.map(_read_block, blocks)):
+            out.update(zip(block, results))
+            if progress:
+                progress(len(block))
+    return out
+
+
+def _read_block(paths):
+    return [image_header(path) for path in paths]

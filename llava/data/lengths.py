@@ -1,0 +1,183 @@
+"""The one pass over a dataset that the training dataset and the preflight check share.
+
+For every record it normalises the '<image>' markers, reads the image headers
+(sizes only, never pixels), tokenises the conversation in large batches and
+computes the exact sequence length the model will see:
+
+    text tokens (one IMAGE_TOKEN_INDEX per image) + sum(layout.num_tokens(hw) - 1)
+
+Problems are reported to a `ProblemLog` (skip and count, or raise in strict
+mode); the survivors come back as `ScanEntry` objects.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+from llava.constants import DEFAULT_IMAGE_TOKEN, IGNORE_INDEX
+from llava.data.headers import read_headers
+from llava.data.preprocess import USER_NAMES, conversation_segments, encode_segments
+from llava.data.problems import DataProblem, ProblemLog
+from llava.data.sources import Record
+
+BATCH = 512
+"""Conversations per tokenizer call: large enough for the Rust tokenizer's batching to pay off."""
+
+
+@dataclass
+class Prepared:
+    """A record made ready to tokenise: turns with normalised markers and resolved image paths."""
+
+    turns: list
+    """LLaVA turns (copies; the record is never modified)."""
+    image_paths: list = field(default_factory=list)
+    """Absolute or image_folder-relative paths, in marker order."""
+
+
+@dataclass
+class ScanEntry:
+    """A sample that passed every check."""
+
+    index: int
+    """Position in the record list."""
+    image_paths: tuple
+    """Its images, in marker order."""
+    image_hw: tuple
+    """(height, width) of each image, from the header."""
+    length: int
+    """Exact sequence length after the image splice (after truncation for text-only samples)."""
+    truncated: bool = False
+    """A text-only sample cut at model_max_length."""
+
+
+def prepare_sample(record: Record) -> Prepared:
+    """Check the record's shape, resolve image paths and normalise '<image>' markers (LLaVA's rules).
+
+    A sample with images but no marker gets one per image at the start of the
+    first human turn; a turn holding exactly one marker gets it moved to its
+    start, followed by a newline. Raises `DataProblem` (malformed, image_token_mismatch).
+    """
+    sample = record.sample
+    if not isinstance(sample, dict) or not isinstance(sample.get("conversations"), list):
+        raise DataProblem("malformed", "no 'conversations' list", record.sample_id)
+    turns = []
+    for i, turn in enumerate(sample["conversations"]):
+        if not isinstance(turn, dict) or not isinstance(turn.get("value"), str):
+            raise DataProblem("malformed", f"turn {i} is not a dict with a string 'value'", record.sample_id)
+        turns.append(dict(turn))
+    images = sample.get("image")
+    images = [] if images is None else [images] if isinstance(images, str) else images
+    if not isinstance(images, list) or not all(isinstance(p, str) and p for p in images):
+        raise DataProblem("malformed", f"'image' must be a path or a list of paths, got {images!r}", record.sample_id)
+    folder = record.image_folder
+    paths = [p if os.path.isabs(p) or not folder else os.path.join(folder, p) for p in images]
+    markers = sum(t["value"].count(DEFAULT_IMAGE_TOKEN) for t in turns)
+    if images and markers == 0:
+        first = next((t for t in turns if str(t.get("from", t.get("role", ""))).lower() in USER_NAMES), None)
+        if first is None:
+            raise DataProblem("malformed", "images but no human turn to put '<image>' in", record.sample_id)
+        first["value"] = (DEFAULT_IMAGE_TOKEN + "\n") * len(images) + first["value"]
+    elif markers != len(images):
+        raise DataProblem("image_token_mismatch", f"{markers} '<image>' markers for {len(images)} images",
+                          record.sample_id)
+    for turn in turns:
+        text = turn["value"]
+        if text.count(DEFAULT_IMAGE_TOKEN) == 1 and not text.startswith(DEFAULT_IMAGE_TOKEN):
+            turn["value"] = DEFAULT_IMAGE_TOKEN + "\n" + text.replace(DEFAULT_IMAGE_TOKEN, "").strip()
+    return Prepared(turns, paths)
+
+
+def image_tokens(layout, image_hw) -> int:
+    """Extra sequence positions the images add beyond their one marker each."""
+    if image_hw and layout is None:
+        raise ValueError("the dataset has images but no image layout (no vision tower configured)")
+    return sum(layout.num_tokens(hw) - 1 for hw in image_hw)
+
+
+def fit_length(ids, labels, extra: int, max_length: int, has_images: bool, sample_id):
+    """Final (ids, labels, truncated) under max_length, or a DataProblem (all_masked, over_length)."""
+    if all(label == IGNORE_INDEX for label in labels):
+        raise DataProblem("all_masked", "no supervised token (no assistant text to learn)", sample_id)
+    total = len(ids) + extra
+    if total <= max_length:
+        return ids, labels, False
+    if has_images:
+        raise DataProblem("over_length", f"{total} tokens with images > model_max_length {max_length}", sample_id)
+    labels = labels[:max_length]
+    if all(label == IGNORE_INDEX for label in labels):
+        raise DataProblem("over_length", f"{total} tokens > {max_length} and no reply before the cut", sample_id)
+    return ids[:max_length], labels, True
+
+
+def scan_records(records, tokenizer, version, layout, max_length, problems: ProblemLog,
+                 workers=None, progress: bool = False, all_lengths: list | None = None) -> list[ScanEntry]:
+    """Check and measure every record; returns the entries to train on.
+
+    `all_lengths`, when given, receives the untruncated length of every sample
+    that could be tokenised (over-length ones included), for the check's report.
+    """
+    bar = _progress(progress)
+    prepared: dict[int, Prepared] = {}
+    for i, record in enumerate(records):
+        try:
+            prepared[i] = prepare_sample(record)
+        except DataProblem as problem:
+            problems.add(problem.with_id(record.sample_id))
+    paths = [p for prep in prepared.values() for p in prep.image_paths]
+    with bar(total=len(set(paths)), desc="image headers", unit="img") as pbar:
+        headers = read_headers(paths, workers=workers, progress=pbar.update)
+    ok = []
+    for i, prep in prepared.items():
+        bad = next((headers[p] for p in prep.image_paths if isinstance(headers[p], str)), None)
+        if bad is not None:
+            path = next(p for p in prep.image_paths if headers[p] == bad)
+            problems.add(DataProblem(bad, f"image {path}", records[i].sample_id))
+        else:
+            ok.append(i)
+    entries = []
+    with bar(total=len(ok), desc="tokenize", unit="sample") as pbar:
+        for start in range(0, len(ok), BATCH):
+            block, segments = [], []
+            for i in ok[start : start + BATCH]:
+                try:
+                    segments.append(conversation_segments(prepared[i].turns, version))
+                    block.append(i)
+                except DataProblem as problem:
+                    problems.add(problem.with_id(records[i].sample_id))
+            for i, (ids, labels) in zip(block, encode_segments(segments, tokenizer, has_image=True)):
+                hw = tuple(headers[p] for p in prepared[i].image_paths)
+                extra = image_tokens(layout, hw)
+                if all_lengths is not None:
+                    all_lengths.append(len(ids) + extra)
+                try:
+                    ids, _, cut = fit_length(ids, labels, extra, max_length, bool(hw), records[i].sample_id)
+                except DataProblem as problem:
+                    problems.add(problem)
+                    continue
+                entries.append(ScanEntry(i, tuple(prepared[i].image_paths), hw, len(ids) + extra, cut))
+            pbar.update(len(ok[start : start + BATCH]))
+    return entries
+
+
+def _progress(enabled: bool):
+    """tqdm when a progress bar is wanted, else a silent stand-in with the same interface."""
+    if enabled:
+        from tqdm import tqdm
+
+        return tqdm
+
+    class _Silent:
+        def __init__(self, **kwargs):
+            pass
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def update(self, n=1):
+            pass
+
+    return _Silent

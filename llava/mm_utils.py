@@ -33,7 +33,7 @@ def tokenizer_image_token(prompt, tokenizer, image_token_index=IMAGE_TOKEN_INDEX
     tokens; a single BOS starts the sequence iff the tokenizer adds one to plain
     text (llama2/mistral do, qwen2 does not). Empty chunks add nothing.
     """
-    ids = [tokenizer.bos_token_id] if _adds_bos(tokenizer) else []
+    ids = bos_prefix(tokenizer, prompt)
     for i, chunk in enumerate(prompt.split(DEFAULT_IMAGE_TOKEN)):
         if i:
             ids.append(image_token_index)
@@ -44,6 +44,17 @@ def tokenizer_image_token(prompt, tokenizer, image_token_index=IMAGE_TOKEN_INDEX
     if return_tensors == "pt":
         return torch.tensor(ids, dtype=torch.long)
     raise ValueError(f"unsupported return_tensors {return_tensors!r}; use None or 'pt'")
+
+
+def bos_prefix(tokenizer, prompt: str) -> list[int]:
+    """`[bos]` when the tokenizer adds one to plain text and `prompt` does not already start with it.
+
+    Templates such as `llava_llama_3` write `<|begin_of_text|>` themselves; a
+    real Meta-Llama-3 tokenizer also adds it, which would double it.
+    """
+    if not _adds_bos(tokenizer) or (tokenizer.bos_token and prompt.startswith(tokenizer.bos_token)):
+        return []
+    return [tokenizer.bos_token_id]
 
 
 def _adds_bos(tokenizer) -> bool:

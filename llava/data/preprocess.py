@@ -22,7 +22,7 @@ import torch
 from llava.constants import DEFAULT_IMAGE_TOKEN, IGNORE_INDEX, IMAGE_TOKEN_INDEX
 from llava.conversation import Conversation, get_conversation_template
 from llava.data.problems import DataProblem
-from llava.mm_utils import tokenizer_image_token
+from llava.mm_utils import bos_prefix
 
 USER_NAMES = ("human", "user")
 ASSISTANT_NAMES = ("gpt", "assistant")
@@ -61,11 +61,10 @@ def build_conversation(turns, version: str) -> Conversation:
 def encode_segments(batch, tokenizer, has_image: bool = True) -> list[tuple[list[int], list[int]]]:
     """`(ids, labels)` lists for each segment list in `batch`, in one tokenizer call.
 
-    Same rules as `tokenizer_image_token`: what it puts before any prompt (a
-    BOS for llama/mistral, nothing for qwen2), then each '<image>'-free chunk
+    Same rules as `tokenizer_image_token`: its BOS prefix (`bos_prefix`: a BOS
+    for llama/mistral unless the text starts with it, nothing for qwen2), then each '<image>'-free chunk
     tokenised without special tokens. With `has_image=False`, '<image>' is plain text.
     """
-    prefix = tokenizer_image_token("", tokenizer)
     chunks: list[str] = []
     plans = []
     for segments in batch:
@@ -81,7 +80,8 @@ def encode_segments(batch, tokenizer, has_image: bool = True) -> list[tuple[list
         plans.append(plan)
     encoded = encode_texts(chunks, tokenizer)
     out = []
-    for plan in plans:
+    for plan, segments in zip(plans, batch):
+        prefix = bos_prefix(tokenizer, segments[0][0] if segments else "")
         ids, labels = list(prefix), [IGNORE_INDEX] * len(prefix)
         for index, supervised in plan:
             piece = [IMAGE_TOKEN_INDEX] if index is None else encoded[index]

@@ -1,0 +1,1 @@
+"""Inference front ends (LLaVA's `llava.serve`): the command-line chat in `llava.serve.cli`."""

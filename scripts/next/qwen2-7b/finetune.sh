@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# LLaVA-NeXT stage 2 (finetune): train the LLM, the projector and the vision
+# tower (at a 10x lower lr) on instruction data, starting from the stage-1
+# projector. Qwen2-7B-Instruct + CLIP-L/336, 8 GPUs, conversation template qwen_2.
+# Edit the variables below; every check happens in Python (llava/train/train.py).
+set -e
+
+# --- what you edit --------------------------------------------------------
+LLM=./checkpoints/Qwen2-7B-Instruct  # local copy of Qwen/Qwen2-7B-Instruct
+VISION_TOWER=./checkpoints/clip-vit-large-patch14-336 # local copy of openai/clip-vit-large-patch14-336
+GRID_PINPOINTS="[[336,672],[672,336],[672,672],[1008,336],[336,1008]]"  # anyres canvases, [height, width] px:
+#   LLaVA-NeXT's 1x2, 2x1, 2x2, 3x1, 1x3 tiles of 336 px (or the range form "(1x1),...,(3x3)")
+# SigLIP variant (the tower pretrain.sh used): both lines below
+# VISION_TOWER=./checkpoints/siglip-so400m-patch14-384
+# GRID_PINPOINTS="[[384,768],[768,384],[768,768],[1152,384],[384,1152]]"
+PRETRAIN_DIR=./checkpoints/llava-next-qwen2-7b-pretrain  # OUTPUT_DIR of pretrain.sh
+DATA_PATH=./playground/data/llava_v1_5_mix665k.json       # LLaVA-1.5 mix665K (see docs/Data.md)
+IMAGE_FOLDER=./playground/data
+# Open-LLaVA-NeXT mix1M instead (its images live under playground/data too):
+# DATA_PATH=./playground/data/open-llava-next/open-llava-next_instruct_mix1M.json
+OUTPUT_DIR=./checkpoints/llava-next-qwen2-7b-sft  # rerun the same command to resume
+NUM_GPUS=8
+PER_DEVICE_BATCH=8          # global batch = NUM_GPUS * PER_DEVICE_BATCH * GRAD_ACCUM = 128
+GRAD_ACCUM=2
+LR=2e-5                     # LLM and projector
+VISION_TOWER_LR=2e-6        # the unfrozen vision tower
+MAX_LEN=4096
+REPORT_TO=wandb             # or tensorboard, or none
+# ---------------------------------------------------------------------------
+
+deepspeed --num_gpus "$NUM_GPUS" llava/train/train_mem.py \
+    --deepspeed ./scripts/zero3.json \
+    --model_name_or_path "$LLM" \
+    --version qwen_2 \
+    --data_path "$DATA_PATH" \
+    --image_folder "$IMAGE_FOLDER" \
+    --vision_tower "$VISION_TOWER" \
+    --pretrain_mm_mlp_adapter "$PRETRAIN_DIR/mm_projector.bin" \
+    --mm_projector_type mlp2x_gelu \
+    --unfreeze_mm_vision_tower True \
+    --mm_vision_tower_lr "$VISION_TOWER_LR" \
+    --mm_vision_select_layer -2 \
+    --mm_use_im_start_end False \
+    --mm_use_im_patch_token False \
+    --image_aspect_ratio anyres \
+    --mm_patch_merge_type spatial_unpad \
+    --image_grid_pinpoints "$GRID_PINPOINTS" \
+    --group_by_modality_length True \
+    --bf16 True \
+    --tf32 True \
+    --output_dir "$OUTPUT_DIR" \
+    --num_train_epochs 1 \
+    --per_device_train_batch_size "$PER_DEVICE_BATCH" \
+    --per_device_eval_batch_size 4 \
+    --gradient_accumulation_steps "$GRAD_ACCUM" \
+    --eval_strategy no \
+    --save_strategy steps \
+    --save_steps 1000 \
+    --save_total_limit 1 \
+    --learning_rate "$LR" \
+    --weight_decay 0. \
+    --warmup_ratio 0.03 \
+    --lr_scheduler_type cosine \
+    --logging_steps 1 \
+    --model_max_length "$MAX_LEN" \
+    --gradient_checkpointing True \
+    --dataloader_num_workers 4 \
+    --lazy_preprocess True \
+    --report_to "$REPORT_TO"

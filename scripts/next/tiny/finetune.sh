@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# The quick start's stage 2 (finetune), on CPU: the same launch as
+# scripts/next/vicuna-7b/finetune.sh at tiny size, starting from the projector
+# that pretrain.sh wrote. Checks happen in Python.
+set -e
+
+# --- what you edit (demo.sh passes WORK) -----------------------------------
+WORK=${WORK:-./demo_runs/tiny}
+LLM=$WORK/base/llm
+VISION_TOWER=$WORK/base/clip
+GRID_PINPOINTS="[[56,112],[112,56],[112,112],[168,56],[56,168]]"
+PRETRAIN_DIR=$WORK/pretrain           # OUTPUT_DIR of pretrain.sh
+DATA_PATH=$WORK/data/finetune.json    # "What colour is the shape?" -> colour
+IMAGE_FOLDER=$WORK/data/images
+OUTPUT_DIR=$WORK/finetune
+PER_DEVICE_BATCH=${PER_DEVICE_BATCH:-8}
+GRAD_ACCUM=1
+LR=${LR:-3e-3}                        # LLM and projector (a tiny random model takes a large lr)
+VISION_TOWER_LR=1e-4
+EPOCHS=${EPOCHS:-1}
+MAX_STEPS=${MAX_STEPS:--1}                  # > 0 overrides EPOCHS
+MAX_LEN=512
+REPORT_TO=none
+BF16=${BF16:-True}                   # bf16 autocast: ~2x faster on CPUs with AVX512-BF16/AMX; False elsewhere
+# ---------------------------------------------------------------------------
+
+python llava/train/train_mem.py \
+    --use_cpu True \
+    --model_name_or_path "$LLM" \
+    --version v1 \
+    --data_path "$DATA_PATH" \
+    --image_folder "$IMAGE_FOLDER" \
+    --vision_tower "$VISION_TOWER" \
+    --pretrain_mm_mlp_adapter "$PRETRAIN_DIR/mm_projector.bin" \
+    --mm_projector_type mlp2x_gelu \
+    --unfreeze_mm_vision_tower True \
+    --mm_vision_tower_lr "$VISION_TOWER_LR" \
+    --mm_vision_select_layer -2 \
+    --mm_use_im_start_end False \
+    --mm_use_im_patch_token False \
+    --image_aspect_ratio anyres \
+    --mm_patch_merge_type spatial_unpad \
+    --image_grid_pinpoints "$GRID_PINPOINTS" \
+    --group_by_modality_length True \
+    --output_dir "$OUTPUT_DIR" \
+    --num_train_epochs "$EPOCHS" \
+    --max_steps "$MAX_STEPS" \
+    --per_device_train_batch_size "$PER_DEVICE_BATCH" \
+    --gradient_accumulation_steps "$GRAD_ACCUM" \
+    --eval_strategy no \
+    --save_strategy no \
+    --learning_rate "$LR" \
+    --weight_decay 0. \
+    --warmup_ratio 0.03 \
+    --lr_scheduler_type cosine \
+    --logging_steps 10 \
+    --model_max_length "$MAX_LEN" \
+    --dataloader_num_workers 0 \
+    --lazy_preprocess True \
+    --seed 0 \
+    --bf16 "$BF16" \
+    --report_to "$REPORT_TO"

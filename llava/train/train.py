@@ -1,0 +1,108 @@
+"""LLaVA training entry point: `python llava/train/train.py ...` with LLaVA's flags.
+
+The orchestration only: parse arguments, build tokenizer, model and vision
+modules, set what trains in this stage, build the data, train (resuming from
+the newest `output_dir/checkpoint-*`, as LLaVA does), save. The pieces live in
+sibling modules: `arguments`, `model_setup`, `lora`, `llava_trainer`,
+`saving`, `throughput`.
+
+Also runs as `python -m llava.train.train`, under `torchrun`, and under the
+`deepspeed` launcher (usually through `train_mem.py`).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):
+    # Run as a script: Python put llava/train/ first on sys.path; put the repository root there instead.
+    _here = Path(__file__).resolve().parent
+    if sys.path and Path(sys.path[0] or ".").resolve() == _here:
+        sys.path[0] = str(_here.parents[1])
+
+import transformers  # noqa: E402
+
+from llava.data.preprocess import preprocess  # noqa: E402,F401  (LLaVA's `llava.train.train.preprocess`)
+from llava.train.arguments import DataArguments, ModelArguments, TrainingArguments, parse_args  # noqa: E402,F401
+
+logger = logging.getLogger(__name__)
+
+
+def last_checkpoint(output_dir) -> str | None:
+    """The newest `checkpoint-N` folder in `output_dir` (by N), or None."""
+    folders = [p for p in Path(output_dir).glob("checkpoint-*") if p.is_dir() and p.name.split("-")[-1].isdigit()]
+    return str(max(folders, key=lambda p: int(p.name.split("-")[-1]))) if folders else None
+
+
+def build(model_args, data_args, training_args):
+    """Tokenizer, model (stage set up) and data module, exactly as `train` uses them."""
+    from llava.train.lora import apply_lora, check_quantization_supported
+    from llava.train.model_setup import choose_pad_token, init_vision, load_model, load_tokenizer, set_trainable
+
+    check_quantization_supported(training_args.bits)
+    if model_args.vision_tower is None:
+        raise ValueError("--vision_tower is required: this package trains LLaVA models (got none)")
+    transformers.set_seed(training_args.seed)  # the projector / image_newline init is reproducible
+    tokenizer = load_tokenizer(model_args, training_args)
+    model = load_model(model_args, training_args)
+    added = choose_pad_token(tokenizer)
+    if added is not None:
+        model.resize_token_embeddings(len(tokenizer))
+    init_vision(model, model_args, data_args, training_args)
+    model.initialize_vision_tokenizer(model_args, tokenizer=tokenizer)
+    if training_args.gradient_checkpointing:
+        model.enable_input_require_grads()  # reentrant checkpointing needs inputs that require grad
+    if training_args.lora_enable:
+        model = apply_lora(model, training_args)
+    set_trainable(model, model_args, training_args)
+
+    tower = model.get_vision_tower()
+    data_args.is_multimodal = True
+    data_args.version = model_args.version
+    data_args.image_processor = tower.image_processor
+    data_args.image_layout = model.get_image_layout()
+    data_args.model_max_length = training_args.model_max_length
+    from llava.data import make_supervised_data_module
+
+    data_module = make_supervised_data_module(tokenizer=tokenizer, data_args=data_args)
+    return tokenizer, model, data_module
+
+
+def train(attn_implementation: str | None = None, argv: list[str] | None = None):
+    """Parse `argv` (default sys.argv), train, save; returns the trainer.
+
+    `attn_implementation` is the default for `--attn_implementation`
+    (train_mem.py passes flash_attention_2, which falls back to sdpa).
+    """
+    from llava.train.llava_trainer import LLaVATrainer, check_modality_mix
+
+    overrides = {"attn_implementation": attn_implementation} if attn_implementation else {}
+    model_args, data_args, training_args = parse_args(argv, **overrides)
+    if training_args.world_size > 1 and not training_args.deepspeed and training_args.ddp_find_unused_parameters is None:
+        # A rank whose batch has no image leaves the projector without gradients; DDP must not wait for them.
+        training_args.ddp_find_unused_parameters = True
+    tokenizer, model, data_module = build(model_args, data_args, training_args)
+    trainer = LLaVATrainer(
+        model=model,
+        args=training_args,
+        processing_class=tokenizer,
+        stage="pretrain" if model_args.tune_mm_mlp_adapter else "finetune",
+        image_processor=data_args.image_processor,
+        lora_bias=training_args.lora_bias,
+        **data_module,
+    )
+    check_modality_mix(training_args, data_module["train_dataset"])
+    resume = training_args.resume_from_checkpoint or last_checkpoint(training_args.output_dir)
+    if resume:
+        logger.info("resuming from %s", resume)
+    trainer.train(resume_from_checkpoint=resume)
+    trainer.save_state()
+    model.config.use_cache = True
+    trainer.save_model(training_args.output_dir)
+    return trainer
+
+
+if __name__ == "__main__":
+    train()

@@ -191,3 +191,9 @@ def test_modality_sampler_pure_tops_up_each_modality():
     megabatches = [order[k : k + 4] for k in range(0, len(order), 4)]
     assert all(len({lengths[i] > 0 for i in mb}) == 1 for mb in megabatches)
     assert set(order) == set(range(8))
+
+
+def test_llava_token_flags_default_off(tmp_path):
+    # LLaVA defaulted mm_use_im_patch_token to True, which our model refuses; omitting the flag must not crash.
+    model_args, _, _ = parse_args(["--model_name_or_path", "m", "--data_path", "d.json", "--output_dir", str(tmp_path)])
+    assert (model_args.mm_use_im_patch_token, model_args.mm_use_im_start_end) == (False, False)

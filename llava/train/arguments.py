@@ -52,7 +52,11 @@ class ModelArguments:
         default=False, metadata={"help": "LLaVA flag: wrap images in <im_start>/<im_end> tokens (kept False for LLaVA-NeXT)."}
     )
     mm_use_im_patch_token: bool = field(
-        default=True, metadata={"help": "LLaVA flag: add an <im_patch> token to the tokenizer (LLaVA scripts pass False)."}
+        default=False,
+        metadata={
+            "help": "LLaVA flag: add an <im_patch> token to the tokenizer. LLaVA defaulted to True but its scripts "
+            "pass False; True is refused (LLaVA-NeXT never uses the token), so the default here is False."
+        },
     )
     mm_patch_merge_type: str | None = field(
         default="flat", metadata={"help": "How tile features are merged: flat, spatial or spatial_unpad (LLaVA-NeXT)."}

@@ -4,15 +4,14 @@ Public names and signatures follow LLaVA's `llava/mm_utils.py`, so LLaVA's
 scripts and lmms-eval's `llava` adapter run unchanged. The anyres pixels equal
 transformers' `LlavaNextImageProcessorPil` (the reference the converted model
 is used with), computed faster: every resize is one PIL call on uint8, tiles
-are numpy views of one padded canvas, and rescale+normalise is one table
-lookup per channel that reproduces transformers' float arithmetic exactly.
+are numpy views of one padded canvas, and `llava.pixel_recipe.TileRecipe`
+rescales and normalises all tiles at once with transformers' exact arithmetic.
 All size maths comes from `llava.anyres`.
 """
 
 from __future__ import annotations
 
 import base64
-import math
 from io import BytesIO
 
 import numpy as np
@@ -21,6 +20,7 @@ from PIL import Image
 from transformers import StoppingCriteria
 
 from llava import anyres
+from llava.pixel_recipe import TileRecipe
 from llava.constants import DEFAULT_IMAGE_TOKEN, IMAGE_TOKEN_INDEX
 
 # ----------------------------------------------------------------------------- text
@@ -148,132 +148,6 @@ def expand2square(pil_img: Image.Image, background_color) -> Image.Image:
     return result
 
 
-def _field(size, key):
-    if size is None:
-        return None
-    return size.get(key) if isinstance(size, dict) else getattr(size, key, None)
-
-
-class _Recipe:
-    """What `LlavaNextImageProcessorPil` does to each tile, read from a CLIP/SigLIP processor."""
-
-    def __init__(self, processor):
-        size, crop = processor.size, getattr(processor, "crop_size", None)
-        self.short = _field(size, "shortest_edge")
-        self.size_hw = (_field(size, "height"), _field(size, "width"))
-        if not self.short and not all(self.size_hw):
-            raise ValueError(f"image processor size {size} has neither shortest_edge nor height/width")
-        # Base tile size and tile side, as LlavaNextImageProcessor derives them.
-        self.base_hw = self.size_hw if all(self.size_hw) else (self.short, self.short)
-        self.tile = _field(crop, "height") or self.size_hw[0] or self.short
-        self.do_resize = bool(getattr(processor, "do_resize", True))
-        self.crop_hw = (_field(crop, "height"), _field(crop, "width"))
-        self.do_crop = bool(getattr(processor, "do_center_crop", False)) and all(self.crop_hw)
-        resample = getattr(processor, "resample", None)
-        self.resample = Image.Resampling.BILINEAR if resample is None else _pil_resample(resample)
-        self.processor = processor
-        self.lut = self._value_table()  # (3, 256) float32
-        self.divisor, self.mean, self.std = self._arithmetic()
-
-    def resize_target(self, hw):
-        """Size the per-tile `resize(size)` step produces for a tile of size `hw`."""
-        if not self.short:
-            return self.size_hw
-        h, w = hw
-        new_long = int(self.short * max(h, w) / min(h, w))
-        return (new_long, self.short) if w <= h else (self.short, new_long)
-
-    def finish(self, tiles: np.ndarray) -> torch.Tensor:
-        """Per-tile resize and centre crop, then normalise: (n, h, w, 3) uint8 -> (n, 3, h', w') float32."""
-        if self.do_resize and self.resize_target(tiles.shape[1:3]) != tiles.shape[1:3]:
-            target_hw = self.resize_target(tiles.shape[1:3])
-            tiles = np.stack([_pil_resize(t, target_hw, self.resample) for t in tiles])
-        if self.do_crop and tiles.shape[1:3] != self.crop_hw:
-            tiles = _center_crop(tiles, self.crop_hw)
-        src = torch.from_numpy(np.ascontiguousarray(tiles))
-        out = torch.empty((src.shape[0], 3, src.shape[1], src.shape[2]), dtype=torch.float32)
-        return self.normalize(src, out)
-
-    def is_final(self, hw) -> bool:
-        """True when resize(size) and centre crop leave a tile of size `hw` unchanged."""
-        hw = tuple(hw)
-        resized = self.resize_target(hw) if self.do_resize else hw
-        return resized == hw and (not self.do_crop or hw == self.crop_hw)
-
-    def normalize(self, src: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-        """Rescale and normalise uint8 `src` (..., h, w, 3) into float32 `out` (..., 3, h, w)."""
-        out.copy_(src.movedim(-1, -3))  # (..., 3, h, w)
-        if self.divisor is not None:
-            return out.div_(self.divisor).sub_(self.mean).div_(self.std)
-        index = out.to(torch.long)
-        for c in range(3):
-            out[..., c, :, :] = self.lut[c][index[..., c, :, :]]
-        return out
-
-    def _arithmetic(self):
-        """(divisor, mean, std) float32 tensors when `((x / divisor) - mean) / std` equals the table.
-
-        Checked on all 256 levels, so the fast path is bit-identical to
-        transformers or not taken (then the table lookup is used).
-        """
-        factor = float(getattr(self.processor, "rescale_factor", 1 / 255))
-        if not getattr(self.processor, "do_rescale", True) or factor <= 0:
-            return None, None, None
-        divisor = torch.tensor(round(1 / factor), dtype=torch.float32)
-        mean, std = (torch.from_numpy(np.array(v)).view(3, 1, 1) for v in self._mean_std())
-        levels = torch.arange(256, dtype=torch.float32).expand(3, 1, 256)
-        if torch.equal((levels / divisor - mean) / std, self.lut.view(3, 1, 256)):
-            return divisor, mean, std
-        return None, None, None
-
-    def _mean_std(self):
-        if not getattr(self.processor, "do_normalize", True):
-            return np.zeros(3, dtype=np.float32), np.ones(3, dtype=np.float32)
-        mean = np.broadcast_to(np.asarray(self.processor.image_mean, dtype=np.float32), (3,))
-        std = np.broadcast_to(np.asarray(self.processor.image_std, dtype=np.float32), (3,))
-        return mean, std
-
-    def _value_table(self) -> torch.Tensor:
-        """Output value of each uint8 level per channel, computed the way transformers does.
-
-        transformers rescales in float64, casts to float32 and normalises in
-        float32; doing the same on the 256 levels gives the exact reference.
-        """
-        levels = np.arange(256, dtype=np.float64)[None].repeat(3, 0)  # (3, 256)
-        if getattr(self.processor, "do_rescale", True):
-            levels = levels * self.processor.rescale_factor
-        mean, std = self._mean_std()
-        return torch.from_numpy((levels.astype(np.float32) - mean[:, None]) / std[:, None])
-
-
-def _pil_resample(resample):
-    if isinstance(resample, int):
-        return Image.Resampling(int(resample))
-    name = str(getattr(resample, "name", resample)).upper()
-    if name in Image.Resampling.__members__:
-        return Image.Resampling[name]
-    raise ValueError(f"unsupported resample {resample!r} for PIL resizing")
-
-
-def _pil_resize(array: np.ndarray, hw, resample) -> np.ndarray:
-    return np.asarray(Image.fromarray(array).resize((hw[1], hw[0]), resample=resample))
-
-
-def _center_crop(tiles: np.ndarray, crop_hw) -> np.ndarray:
-    """transformers' centre crop on (n, h, w, 3): zero-pad (rounding up on top/left) when too small."""
-    n, h, w, _ = tiles.shape
-    crop_h, crop_w = crop_hw
-    top, left = (h - crop_h) // 2, (w - crop_w) // 2
-    if top >= 0 and left >= 0:
-        return tiles[:, top : top + crop_h, left : left + crop_w]
-    big_h, big_w = max(h, crop_h), max(w, crop_w)
-    pad_top, pad_left = math.ceil((big_h - h) / 2), math.ceil((big_w - w) / 2)
-    canvas = np.zeros((n, big_h, big_w, 3), dtype=tiles.dtype)
-    canvas[:, pad_top : pad_top + h, pad_left : pad_left + w] = tiles
-    top, left = top + pad_top, left + pad_left
-    return canvas[:, max(0, top) : top + crop_h, max(0, left) : left + crop_w]
-
-
 def process_anyres_image(image, processor, grid_pinpoints) -> torch.Tensor:
     """Anyres tiles of one PIL image: float32 [num_tiles, 3, s, s], base image first.
 
@@ -283,7 +157,7 @@ def process_anyres_image(image, processor, grid_pinpoints) -> torch.Tensor:
     """
     if not isinstance(image, Image.Image):
         raise TypeError(f"process_anyres_image expects a PIL image, got {type(image).__name__}")
-    recipe = _Recipe(processor)
+    recipe = TileRecipe(processor)
     tile = recipe.tile
     pinpoints = anyres.parse_grid_pinpoints(grid_pinpoints, tile)
     rgb = to_rgb(image)

@@ -95,6 +95,9 @@ def test_zero3_finetune_mixed_modalities_saves_loadable_checkpoint(tiny_llama_di
     weight = model.get_model().mm_projector[0].weight
     assert weight.shape == pretrained["model.mm_projector.0.weight"].shape  # gathered, not a ZeRO-3 shard
     assert not torch.equal(weight.to(torch.bfloat16), pretrained["model.mm_projector.0.weight"])  # it trained
+    newline = model.get_model().image_newline  # used in the splice, outside its module's own forward
+    assert newline.shape == pretrained["model.image_newline"].shape
+    assert not torch.equal(newline.to(torch.bfloat16), pretrained["model.image_newline"])  # trained under ZeRO-3 too
     ids = tokenizer("USER: Hello ASSISTANT:", return_tensors="pt").input_ids
     assert model.generate(ids, max_new_tokens=2, do_sample=False).shape == (1, 2)
 

@@ -52,7 +52,8 @@ class LazySupervisedDataset(Dataset):
         self.problems = ProblemLog(strict=bool(getattr(data_args, "strict_data", False)))
         started = time.perf_counter()
         self.records = load_records(data_path, getattr(data_args, "image_folder", None))
-        entries = scan_records(self.records, tokenizer, self.version, self.layout, self.max_length, self.problems)
+        entries = scan_records(self.records, tokenizer, self.version, self.layout, self.max_length, self.problems,
+                               require_images=bool(getattr(data_args, "require_images", False)))
         if any(e.image_paths for e in entries) and (
             self.layout is None or getattr(data_args, "image_processor", None) is None
         ):

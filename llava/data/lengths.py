@@ -111,11 +111,14 @@ def fit_length(ids, labels, extra: int, max_length: int, has_images: bool, sampl
 
 
 def scan_records(records, tokenizer, version, layout, max_length, problems: ProblemLog,
-                 workers=None, progress: bool = False, all_lengths: list | None = None) -> list[ScanEntry]:
+                 workers=None, progress: bool = False, all_lengths: list | None = None,
+                 require_images: bool = False) -> list[ScanEntry]:
     """Check and measure every record; returns the entries to train on.
 
     `all_lengths`, when given, receives the untruncated length of every sample
     that could be tokenised (over-length ones included), for the check's report.
+    `require_images` (the LLM is frozen) makes text-only samples a problem: a
+    batch of them would reach no trainable weight and crash `backward()`.
     """
     bar = _progress(progress)
     prepared: dict[int, Prepared] = {}
@@ -141,7 +144,10 @@ def scan_records(records, tokenizer, version, layout, max_length, problems: Prob
             block, segments = [], []
             for i in ok[start : start + BATCH]:
                 try:
-                    segments.append(conversation_segments(prepared[i].turns, version))
+                    rendered = conversation_segments(prepared[i].turns, version)
+                    if require_images and not prepared[i].image_paths:  # after the conversation's own checks
+                        raise DataProblem("text_only_frozen_llm", "no image, and only the projector trains")
+                    segments.append(rendered)
                     block.append(i)
                 except DataProblem as problem:
                     problems.add(problem.with_id(records[i].sample_id))

@@ -25,6 +25,7 @@ PROBLEM_KINDS = {
     "decode_error": "an image's pixels failed to decode while loading the sample",
     "over_length": "longer than model_max_length (images are never cut)",
     "all_masked": "every label would be masked (nothing to learn from)",
+    "text_only_frozen_llm": "a text-only sample while the LLM is frozen (projector stage): it reaches no trained weight",
 }
 """Kind -> what it means. The order is the order of the report."""
 

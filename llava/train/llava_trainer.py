@@ -54,6 +54,16 @@ def module_param_ids(model) -> dict[str, set[int]]:
     return parts
 
 
+def trains_llm(model) -> bool:
+    """True when some trainable parameter is the LLM's (not the projector, `image_newline` or the tower).
+
+    When False (the projector stage, `--freeze_backbone`), a text-only batch
+    reaches no trainable weight, so the data module must not produce one.
+    """
+    multimodal = set().union(*module_param_ids(model).values())
+    return any(p.requires_grad and id(p) not in multimodal for p in model.parameters())
+
+
 def build_param_groups(model, decay_names, learning_rate, weight_decay, projector_lr=None, tower_lr=None) -> list[dict]:
     """Optimizer groups: (llm, projector, vision_tower) x (decay, no_decay), trainable only, empty ones dropped.
 

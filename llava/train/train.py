@@ -57,6 +57,9 @@ def build(model_args, data_args, training_args):
     if training_args.lora_enable:
         model = apply_lora(model, training_args)
     set_trainable(model, model_args, training_args)
+    from llava.train.llava_trainer import trains_llm
+
+    data_args.require_images = not trains_llm(model)  # text-only samples would train nothing: skip and count
 
     tower = model.get_vision_tower()
     data_args.is_multimodal = True

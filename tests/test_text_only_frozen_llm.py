@@ -9,15 +9,12 @@ import json
 from types import SimpleNamespace
 
 import pytest
-import torch
 from PIL import Image
-from torch import nn
 from transformers import CLIPImageProcessorPil
 
 from llava.anyres import ImageLayout, default_grid_pinpoints, to_pinpoint_tuple
 from llava.data.dataset import LazySupervisedDataset
 from llava.data.problems import DataProblem
-from llava.train.llava_trainer import trains_llm
 
 
 def _turns(question, answer="A."):
@@ -63,35 +60,3 @@ def test_text_only_kept_when_llm_trains(mixed, tokenizers):
 def test_strict_names_the_sample(mixed, tokenizers):
     with pytest.raises(DataProblem, match="text1.*text_only_frozen_llm"):
         _dataset(mixed, tokenizers("llama2"), require_images=True, strict=True)
-
-
-class _Inner(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.layer = nn.Linear(2, 2)
-        self.mm_projector = nn.Linear(2, 2)
-        self.image_newline = nn.Parameter(torch.zeros(2))
-        self.tower = nn.Linear(2, 2)
-
-    def get_vision_tower(self):
-        return self.tower
-
-
-class _Model(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.model = _Inner()
-
-    def get_model(self):
-        return self.model
-
-
-def test_trains_llm_looks_at_module_identity():
-    model = _Model()
-    model.requires_grad_(False)
-    model.model.mm_projector.requires_grad_(True)
-    model.model.image_newline.requires_grad_(True)
-    model.model.tower.requires_grad_(True)
-    assert not trains_llm(model)  # projector stage (+ unfrozen tower): no LLM weight trains
-    model.model.layer.weight.requires_grad_(True)
-    assert trains_llm(model)

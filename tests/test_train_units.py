@@ -8,7 +8,7 @@ from torch import nn
 from llava.anyres import ImageLayout
 from llava.constants import IMAGE_TOKEN_INDEX
 from llava.train.arguments import parse_args, translate_legacy_argv
-from llava.train.llava_trainer import build_param_groups
+from llava.train.llava_trainer import build_param_groups, trains_llm
 from llava.train.model_setup import choose_pad_token
 from llava.train.sampler import ModalityLengthGroupedSampler, modality_length_grouped_indices
 from llava.train.throughput import count_batch_tokens, device_peak_flops
@@ -197,3 +197,14 @@ def test_llava_token_flags_default_off(tmp_path):
     # LLaVA defaulted mm_use_im_patch_token to True, which our model refuses; omitting the flag must not crash.
     model_args, _, _ = parse_args(["--model_name_or_path", "m", "--data_path", "d.json", "--output_dir", str(tmp_path)])
     assert (model_args.mm_use_im_patch_token, model_args.mm_use_im_start_end) == (False, False)
+
+
+def test_trains_llm_looks_at_module_identity():
+    model = _Model()
+    model.requires_grad_(False)
+    model.model.mm_projector.requires_grad_(True)
+    model.model.image_newline.requires_grad_(True)
+    model.model.vision_tower.requires_grad_(True)
+    assert not trains_llm(model)  # projector stage (+ unfrozen tower): text-only samples reach no trained weight
+    model.model.layer.weight.requires_grad_(True)
+    assert trains_llm(model)

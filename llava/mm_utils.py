@@ -46,19 +46,22 @@ def tokenizer_image_token(prompt, tokenizer, image_token_index=IMAGE_TOKEN_INDEX
     raise ValueError(f"unsupported return_tensors {return_tensors!r}; use None or 'pt'")
 
 
-def bos_prefix(tokenizer, prompt: str) -> list[int]:
+def bos_prefix(tokenizer, prompt: str, tokenizer_adds_bos: bool | None = None) -> list[int]:
     """`[bos]` when the tokenizer adds one to plain text and `prompt` does not already start with it.
 
     Templates such as `llava_llama_3` write `<|begin_of_text|>` themselves; a
-    real Meta-Llama-3 tokenizer also adds it, which would double it.
+    real Meta-Llama-3 tokenizer also adds it, which would double it. Callers
+    handling many prompts pass `tokenizer_adds_bos` (`adds_bos`) computed once.
     """
-    if not _adds_bos(tokenizer) or (tokenizer.bos_token and prompt.startswith(tokenizer.bos_token)):
+    if tokenizer_adds_bos is None:
+        tokenizer_adds_bos = adds_bos(tokenizer)
+    if not tokenizer_adds_bos or (tokenizer.bos_token and prompt.startswith(tokenizer.bos_token)):
         return []
     return [tokenizer.bos_token_id]
 
 
-def _adds_bos(tokenizer) -> bool:
-    """Whether the tokenizer puts its BOS in front of ordinary text."""
+def adds_bos(tokenizer) -> bool:
+    """Whether the tokenizer puts its BOS in front of ordinary text (two probe tokenisations, ~0.1 ms)."""
     bos = tokenizer.bos_token_id
     if bos is None:
         return False

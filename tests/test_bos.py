@@ -53,3 +53,11 @@ def test_training_ids_have_one_bos(bos_adding_llama3, version):
     source = [[{"from": "human", "value": "<image>\nWhat is it?"}, {"from": "gpt", "value": "A cat."}]]
     ids = preprocess(source, bos_adding_llama3, has_image=True, version=version)["input_ids"][0].tolist()
     assert ids[0] == BOS and ids.count(BOS) == 1
+
+
+def test_bos_answer_follows_add_bos_token(tokenizers):
+    tok = tokenizers("llama2").__class__.from_pretrained(tokenizers("llama2").name_or_path)  # a copy to modify
+    assert tokenizer_image_token("Hi", tok)[0] == tok.bos_token_id
+    tok.add_bos_token = False  # the memoised answer must not go stale
+    assert tok("Hi").input_ids[0] != tok.bos_token_id
+    assert tok.bos_token_id not in tokenizer_image_token("Hi", tok)

@@ -22,7 +22,7 @@ import torch
 from llava.constants import DEFAULT_IMAGE_TOKEN, IGNORE_INDEX, IMAGE_TOKEN_INDEX
 from llava.conversation import Conversation, get_conversation_template
 from llava.data.problems import DataProblem
-from llava.mm_utils import bos_prefix
+from llava.mm_utils import adds_bos, bos_prefix
 
 USER_NAMES = ("human", "user")
 ASSISTANT_NAMES = ("gpt", "assistant")
@@ -80,8 +80,9 @@ def encode_segments(batch, tokenizer, has_image: bool = True) -> list[tuple[list
         plans.append(plan)
     encoded = encode_texts(chunks, tokenizer)
     out = []
+    with_bos = adds_bos(tokenizer)  # probed once per call, not once per conversation
     for plan, segments in zip(plans, batch):
-        prefix = bos_prefix(tokenizer, segments[0][0] if segments else "")
+        prefix = bos_prefix(tokenizer, segments[0][0] if segments else "", with_bos)
         ids, labels = list(prefix), [IGNORE_INDEX] * len(prefix)
         for index, supervised in plan:
             piece = [IMAGE_TOKEN_INDEX] if index is None else encoded[index]

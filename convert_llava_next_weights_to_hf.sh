@@ -8,4 +8,4 @@ set -e
 SRC="${1:-./checkpoints/llava-next-vicuna-7b-sft}"
 DST="${2:-./checkpoints/llava-next-vicuna-7b-sft-hf}"
 
-python -m llava.convert_to_hf --model-path "$SRC" --output-dir "$DST"
+python -m llava.export.convert --model-path "$SRC" --output-dir "$DST"

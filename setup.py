@@ -53,6 +53,8 @@ setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     packages=find_packages(include=["llava", "llava.*"]),
+    # The real tokenizers the quick start and the tests build tiny models with.
+    package_data={"llava.demo": ["tokenizers/SOURCE.md", "tokenizers/*/*"]},
     python_requires=">=3.10",
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS_REQUIRE,

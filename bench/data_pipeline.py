@@ -66,7 +66,7 @@ def main():
     from llava.anyres import ImageLayout, default_grid_pinpoints, to_pinpoint_tuple
     from llava.data import check
     from llava.data.dataset import LazySupervisedDataset
-    from llava.tiny import load_vendored_tokenizer, vendored_tokenizer_dir
+    from llava.demo.tiny import load_vendored_tokenizer, vendored_tokenizer_dir
 
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:

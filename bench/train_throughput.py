@@ -41,7 +41,7 @@ SHAPES = {
 
 def build_model(shape: dict, dtype: torch.dtype, device: str, tmp: Path):
     from llava.model import LlavaConfig, LlavaLlamaForCausalLM
-    from llava.tiny import build_tiny_vision_tower
+    from llava.demo.tiny import build_tiny_vision_tower
 
     tower_dir = build_tiny_vision_tower(tmp / "tower", image_size=shape["tile"], hidden_size=shape["v_hidden"],
                                         num_layers=shape["v_layers"], num_heads=shape["v_heads"],

@@ -249,3 +249,15 @@ def get_conversation_template(version: str) -> Conversation:
     if version not in conv_templates:
         raise ValueError(f"unknown conversation version {version!r}; known: {sorted(conv_templates)}")
     return conv_templates[version].copy()
+
+
+def stop_token_ids(tokenizer, conv_mode: str) -> list[int]:
+    """EOS ids for generation: the template's end-of-turn token, then the tokenizer's eos."""
+    ids = []
+    stop = get_conversation_template(conv_mode).stop_str
+    vocab = tokenizer.get_vocab()
+    if stop and stop in vocab:
+        ids.append(vocab[stop])
+    if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
+        ids.append(tokenizer.eos_token_id)
+    return ids

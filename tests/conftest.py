@@ -5,7 +5,7 @@ Folders are built once per test session (seconds), never downloaded.
 
 import pytest
 
-from llava.tiny import build_tiny_llm, build_tiny_vision_tower, load_vendored_tokenizer
+from llava.demo.tiny import build_tiny_llm, build_tiny_vision_tower, load_vendored_tokenizer
 
 TINY_TILE = 56  # 4x4 patches of 14 px: tiny but still a real grid
 

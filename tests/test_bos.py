@@ -12,7 +12,7 @@ from transformers import AutoTokenizer
 
 from llava.conversation import conv_templates
 from llava.mm_utils import tokenizer_image_token
-from llava.tiny import vendored_tokenizer_dir
+from llava.demo.tiny import vendored_tokenizer_dir
 from llava.train.train import preprocess
 
 BOS = 128000

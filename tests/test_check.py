@@ -5,7 +5,7 @@ import json
 from PIL import Image
 
 from llava.data import check
-from llava.tiny import vendored_tokenizer_dir
+from llava.demo.tiny import vendored_tokenizer_dir
 
 
 def _dataset(tmp_path, bad: bool):

@@ -2,7 +2,7 @@
 
 Checkpoints are built the way train.py builds a finetuned model (LLM folder +
 `initialize_vision_modules` + a non-zero `image_newline`), saved with
-tokenizer and image processor, then converted by `llava.convert_to_hf`.
+tokenizer and image processor, then converted by `llava.export.convert`.
 transformers' inputs come from the converted processor, ours from LLaVA's
 entry points (`tokenizer_image_token`, `process_images`, PIL `image.size`).
 """
@@ -18,7 +18,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from llava.constants import IMAGE_TOKEN_INDEX
-from llava.hf_check import compare_with_hf, conversations, generated_image
+from llava.export.check import compare_with_hf, conversations, generated_image
 
 ROOT = Path(__file__).resolve().parent.parent
 TILE = 56
@@ -60,7 +60,7 @@ def make_checkpoint(dst: Path, llm_dir, tower_dir, family: str) -> Path:
 @pytest.fixture(scope="module", params=list(CASES), ids=list(CASES))
 def converted(request, tmp_path_factory, tiny_llama_dir, tiny_llama3_dir, tiny_qwen_dir, tiny_clip_dir, tiny_siglip_dir):
     """(case, our model, tokenizer, image processor, converted folder, conv mode, check result)."""
-    from llava.convert_to_hf import convert
+    from llava.export.convert import convert
 
     family, tok, version, tower = CASES[request.param]
     llm = {"llama2": tiny_llama_dir, "llama3": tiny_llama3_dir, "qwen2": tiny_qwen_dir}[tok]
@@ -172,7 +172,7 @@ def test_shell_script_runs_offline_and_prints_one_check_line(converted, tmp_path
 
 def test_refuses_a_model_transformers_cannot_express(tmp_path, tiny_llama_dir, tiny_clip_dir):
     """A `flat` merge has no LlavaNext equivalent: the converter stops and names the setting."""
-    from llava.convert_to_hf import convert
+    from llava.export.convert import convert
 
     src = make_checkpoint(tmp_path / "ckpt", tiny_llama_dir, tiny_clip_dir, "llama")
     config = json.loads((src / "config.json").read_text())

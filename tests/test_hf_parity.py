@@ -1,6 +1,6 @@
 """Our LLaVA model vs transformers' LlavaNextForConditionalGeneration (issue 2, acceptance 3 and 4).
 
-A tiny random model of ours is mapped with `llava.model.hf_mapping.llava_to_hf`;
+A tiny random model of ours is mapped with `llava.export.hf_mapping.llava_to_hf`;
 transformers' inputs come from its own `LlavaNextProcessor`, ours from LLaVA's
 entry points (`tokenizer_image_token`, `process_images`, PIL `image.size`).
 Equal logits prove the weight mapping, the tiling, the token counts and the
@@ -18,7 +18,7 @@ from PIL import Image
 from llava.constants import IMAGE_TOKEN_INDEX
 from llava.conversation import conv_templates
 from llava.mm_utils import process_images, tokenizer_image_token
-from llava.model.hf_mapping import check_expressible, hf_state_dict_from_llava, llava_to_hf
+from llava.export.hf_mapping import check_expressible, hf_state_dict_from_llava, llava_to_hf
 
 TOL = dict(atol=5e-5, rtol=1e-4)
 

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 from transformers import CLIPVisionModel, SiglipVisionModel
 
-from llava.anyres import read_vision_config
+from llava.vision_config import read_vision_config
 from llava.model.projector import IdentityMap, build_vision_projector
 from llava.model.vision_tower import build_vision_tower
 

@@ -77,12 +77,25 @@ def test_ranges_admit_the_installed_releases(setup_kwargs):
     assert checked >= 10
 
 
+def ci_install_commands(ci: str) -> list[str]:
+    """The pip install lines `.ci/run` runs, as written there."""
+    return [line.strip() for line in ci.splitlines() if "pip install" in line and not line.lstrip().startswith("#")]
+
+
+def test_ci_installs_torch_then_the_package_with_the_test_extra():
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert ci_install_commands(ci) == ["pip install torch==2.13.0", 'DS_BUILD_OPS=0 pip install -e ".[train,test]"']
+
+
 def test_readme_and_ci_run_the_same_test_command():
     ci = (ROOT / ".ci" / "run").read_text()
     for doc in ("README.md", "README_zh.md"):
         text = (ROOT / doc).read_text(encoding="utf-8")
         assert TEST_COMMAND in text and "bash scripts/next/tiny/demo.sh" in text, doc
-        assert 'pip install -e ".[train]"' in text and "pip install flash-attn --no-build-isolation" in text, doc
+        assert "pip install flash-attn --no-build-isolation" in text, doc
+        readme_commands = [line.split("#")[0].strip() for line in text.splitlines()]
+        for command in ci_install_commands(ci):  # the README's install is exactly CI's, extras included
+            assert command in readme_commands, f"{doc} lacks CI's install command {command!r}"
     lines = [line.strip() for line in ci.splitlines()]
     assert "set -euo pipefail" in lines
     torch_at = lines.index("pip install torch==2.13.0")

@@ -13,7 +13,7 @@ from transformers import CLIPImageProcessorPil, LlavaNextImageProcessorPil, Llav
 
 from llava.anyres import ImageLayout, default_grid_pinpoints, to_pinpoint_tuple
 from llava.mm_utils import process_anyres_image
-from llava.tiny import load_vendored_tokenizer
+from llava.demo.tiny import load_vendored_tokenizer
 
 MODES = ("RGB", "L", "LA", "P", "P+transparency", "RGBA", "CMYK", "I;16")
 

@@ -24,10 +24,10 @@ from llava.anyres import (
     ImageLayout,
     normalize_aspect_ratio,
     parse_grid_pinpoints,
-    read_vision_config,
     to_pinpoint_tuple,
 )
 from llava.data.lengths import scan_records
+from llava.vision_config import read_vision_config
 from llava.data.problems import PROBLEM_KINDS, ProblemLog
 from llava.data.sources import load_records
 

@@ -14,7 +14,7 @@ import argparse
 from pathlib import Path
 
 from llava.demo.data import build
-from llava.tiny import build_tiny_llm, build_tiny_vision_tower
+from llava.demo.tiny import build_tiny_llm, build_tiny_vision_tower
 
 LLM_SIZE = dict(hidden_size=128, num_layers=2, num_heads=4, num_kv_heads=2, intermediate_size=256,
                 max_position_embeddings=1024)

@@ -1,7 +1,7 @@
 """CLIP / SigLIP vision towers behind one wrapper, chosen by the folder's config.
 
 LLaVA picks the tower class from the folder *name*; we read `model_type` from
-its `config.json` (`llava.anyres.read_vision_config`) so a renamed or local
+its `config.json` (`llava.vision_config.read_vision_config`) so a renamed or local
 copy of a tower still loads as the right family.
 
 The wrapper keeps LLaVA's attribute names (`vision_tower`, `image_processor`,
@@ -17,7 +17,7 @@ import os
 import torch
 from torch import nn
 
-from llava.anyres import read_vision_config
+from llava.vision_config import read_vision_config
 
 _FAMILIES = ("clip", "siglip")
 

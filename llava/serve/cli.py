@@ -66,8 +66,8 @@ class OurChat:
     def __init__(self, args):
         import torch
 
-        from llava.convert_to_hf import stop_token_ids
-        from llava.hf_chat_template import guess_conv_mode
+        from llava.conversation import stop_token_ids
+        from llava.export.chat_template import guess_conv_mode
         from llava.mm_utils import get_model_name_from_path, process_images
         from llava.model.builder import load_pretrained_model
 

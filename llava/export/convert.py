@@ -1,16 +1,16 @@
 """Convert a checkpoint of this project into transformers' LlavaNext format, then prove it.
 
-    python -m llava.convert_to_hf --model-path SRC --output-dir DST
+    python -m llava.export.convert --model-path SRC --output-dir DST
     (or: bash convert_llava_next_weights_to_hf.sh SRC DST)
 
 Writes a `LlavaNextForConditionalGeneration` folder with its `LlavaNextProcessor`
 (image processor with the model's grid pinpoints, the tokenizer with `<image>`
 added, patch size, feature strategy and a chat template that renders exactly
 our conversation template). It runs on CPU, offline, and never pushes
-anywhere. The weight mapping lives in `llava.model.hf_mapping`, which refuses
+anywhere. The weight mapping lives in `llava.export.hf_mapping`, which refuses
 to drop or invent a tensor. Finally the folder is reloaded offline and its
 logits and greedy tokens are compared with ours on a generated image
-(`llava.hf_check`); a mismatch exits non-zero.
+(`llava.export.check`); a mismatch exits non-zero.
 """
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ import sys
 from pathlib import Path
 
 from llava.constants import DEFAULT_IMAGE_TOKEN
-from llava.hf_chat_template import chat_template_for, guess_conv_mode
+from llava.conversation import stop_token_ids
+from llava.export.chat_template import chat_template_for, guess_conv_mode
 
 
 def add_image_token(tokenizer) -> int:
@@ -95,20 +96,6 @@ def build_processor(model, tokenizer, image_processor, conv_mode: str):
     )
 
 
-def stop_token_ids(tokenizer, conv_mode: str) -> list[int]:
-    """EOS ids for generation: the template's end-of-turn token, then the tokenizer's eos."""
-    from llava.conversation import get_conversation_template
-
-    ids = []
-    stop = get_conversation_template(conv_mode).stop_str
-    vocab = tokenizer.get_vocab()
-    if stop and stop in vocab:
-        ids.append(vocab[stop])
-    if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
-        ids.append(tokenizer.eos_token_id)
-    return ids
-
-
 def stored_dtype(model_path) -> str:
     """The dtype name the checkpoint was saved in (config.json), so the export keeps its size; float32 if unsaid."""
     config = json.loads((Path(model_path) / "config.json").read_text())
@@ -124,7 +111,7 @@ def convert(model_path, output_dir, model_base=None, conv_mode=None, save_dtype=
 
     from llava.mm_utils import get_model_name_from_path
     from llava.model.builder import load_pretrained_model
-    from llava.model.hf_mapping import llava_to_hf
+    from llava.export.hf_mapping import llava_to_hf
 
     tokenizer, model, image_processor, _ = load_pretrained_model(
         str(model_path), model_base, get_model_name_from_path(str(model_path)), device="cpu", torch_dtype="float32"
@@ -167,7 +154,7 @@ def main(argv=None) -> int:
     os.environ["TRANSFORMERS_OFFLINE"] = "1"
     os.environ["CUDA_VISIBLE_DEVICES"] = ""
 
-    from llava.hf_check import compare_with_hf
+    from llava.export.check import compare_with_hf
 
     model, tokenizer, image_processor, conv_mode = convert(
         args.model_path, args.output_dir, args.model_base, args.conv_mode, args.save_dtype

@@ -7,7 +7,7 @@ template that produces the same string, character for character, from
 transformers' message format (`{"role", "content": str | [{"type": "image"},
 {"type": "text", "text": ...}]}`). Images render as LLaVA writes them:
 `<image>\\n` before the text. The converter checks the equality on real
-conversations before it saves (`llava.hf_check.check_chat_template`).
+conversations before it saves (`llava.export.check.check_chat_template`).
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 The tests and the CPU demo cannot download Vicuna or CLIP, so they build
 folders with the same layout (config, safetensors weights, tokenizer or image
 processor) from small configs. The tokenizers are the real ones, vendored in
-`tests/fixtures/tokenizers`, because label masking must be checked on them.
+`llava/demo/tokenizers`, because label masking must be checked on them.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import os
 import shutil
 from pathlib import Path
 
-TOKENIZER_FIXTURES = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "tokenizers"
+TOKENIZER_FIXTURES = Path(__file__).resolve().parent / "tokenizers"
 TOKENIZER_NAMES = ("llama2", "mistral", "llama3", "qwen2")
 
 

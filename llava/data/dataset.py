@@ -3,7 +3,9 @@
 At construction every record is checked and measured (`lengths.scan_records`:
 image headers only, batched tokenisation), so bad samples are skipped and
 counted before training starts, and the exact length of every kept sample is
-known for `group_by_modality_length`. `__getitem__` then tokenises one sample
+known for `group_by_modality_length`. That scan runs once per job and is
+cached on disk (`parallel_scan.load_or_scan`); the records are held as JSON
+bytes in one buffer (`record_store`), decoded per sample. `__getitem__` then tokenises one sample
 and decodes its pixels. A pixel decode failure there (a file whose header was
 fine) is counted and the sample is replaced by the next good one, so every
 rank and every restart sees the same substitution.
@@ -15,16 +17,17 @@ import logging
 import time
 from types import SimpleNamespace
 
+import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
 from llava.conversation import get_conversation_template
 from llava.data.collator import DataCollatorForSupervisedDataset
-from llava.data.lengths import ScanEntry, fit_length, image_tokens, prepare_sample, scan_records
+from llava.data.lengths import fit_length, image_tokens, prepare_sample
+from llava.data.parallel_scan import ScanRequest, load_or_scan
 from llava.data.preprocess import conversation_segments, encode_segments
 from llava.data.problems import DataProblem, ProblemLog, is_main_process
-from llava.data.sources import load_records
 from llava.mm_utils import process_images
 
 logger = logging.getLogger(__name__)
@@ -51,15 +54,17 @@ class LazySupervisedDataset(Dataset):
         self.max_length = resolve_max_length(tokenizer, data_args)
         self.problems = ProblemLog(strict=bool(getattr(data_args, "strict_data", False)))
         started = time.perf_counter()
-        self.records = load_records(data_path, getattr(data_args, "image_folder", None))
-        entries = scan_records(self.records, tokenizer, self.version, self.layout, self.max_length, self.problems,
-                               require_images=bool(getattr(data_args, "require_images", False)))
-        if any(e.image_paths for e in entries) and (
+        request = ScanRequest(data_path, getattr(data_args, "image_folder", None), tokenizer, self.version,
+                              self.layout, self.max_length, bool(getattr(data_args, "require_images", False)))
+        scan = load_or_scan(request, cache_dir=getattr(data_args, "data_cache_dir", None), progress=is_main_process())
+        self.records, self.entries = scan.records, scan.entries  # compact: record_store
+        scan.replay(self.problems)  # strict mode raises the first problem here, cold or cached
+        entries = self.entries
+        if entries.has_images.any() and (
             self.layout is None or getattr(data_args, "image_processor", None) is None
         ):
             raise ValueError(f"{data_path} has image samples but data_args has no image_layout/image_processor "
                              "(train with --vision_tower, or use text-only data)")
-        self.entries: list[ScanEntry] = entries
         if is_main_process():
             logger.info("data: %d of %d samples checked in %.1f s", len(entries), len(self.records),
                         time.perf_counter() - started)
@@ -73,36 +78,37 @@ class LazySupervisedDataset(Dataset):
     @property
     def lengths(self) -> list[int]:
         """Exact sequence length of each sample (image tokens included)."""
-        return [e.length for e in self.entries]
+        return self.entries.length.tolist()
 
     @property
     def modality_lengths(self) -> list[int]:
         """Length, positive for samples with images and negative for text-only ones (LLaVA's convention)."""
-        return [e.length if e.image_paths else -e.length for e in self.entries]
+        return np.where(self.entries.has_images, self.entries.length, -self.entries.length).tolist()
 
     def __getitem__(self, i: int) -> dict:
         for step in range(len(self.entries)):
             index = (i + step) % len(self.entries)
             try:
-                return self._load(self.entries[index])
+                return self._load(index)
             except DataProblem as problem:
                 self.problems.add(problem)  # raises in strict mode
                 logger.warning("%s; using sample %d instead", problem, (index + 1) % len(self.entries))
         raise RuntimeError(f"every sample failed to load: {self.problems.summary()}")
 
-    def _load(self, entry: ScanEntry) -> dict:
-        record = self.records[entry.index]
+    def _load(self, index: int) -> dict:
+        record = self.records[int(self.entries.index[index])]
+        image_hw = self.entries.image_hw(index)
         prepared = prepare_sample(record)
         segments = conversation_segments(prepared.turns, self.version)
         ids, labels = encode_segments([segments], self.tokenizer, has_image=True)[0]
-        extra = image_tokens(self.layout, entry.image_hw)
-        ids, labels, _ = fit_length(ids, labels, extra, self.max_length, bool(entry.image_hw), record.sample_id)
-        images = [self._pixels(path, record.sample_id) for path in entry.image_paths]
+        extra = image_tokens(self.layout, image_hw)
+        ids, labels, _ = fit_length(ids, labels, extra, self.max_length, bool(image_hw), record.sample_id)
+        images = [self._pixels(path, record.sample_id) for path in prepared.image_paths]
         return dict(
             input_ids=torch.tensor(ids, dtype=torch.long),
             labels=torch.tensor(labels, dtype=torch.long),
             images=images,
-            image_sizes=[(w, h) for h, w in entry.image_hw],  # PIL (width, height), as LLaVA
+            image_sizes=[(w, h) for h, w in image_hw],  # PIL (width, height), as LLaVA
         )
 
     def _pixels(self, path: str, sample_id) -> torch.Tensor:

@@ -88,23 +88,39 @@ def load_records(data_path, image_folder=None) -> list[Record]:
     """All samples named by `data_path` (.json, .jsonl or a .yaml/.yml mixture)."""
     path = Path(data_path)
     if path.suffix in (".yaml", ".yml"):
-        import yaml
-
-        if not path.is_file():
-            raise FileNotFoundError(f"data mixture {path} does not exist")
-        spec = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        entries = spec.get("datasets") if isinstance(spec, dict) else None
-        if not isinstance(entries, list) or not entries:
-            raise ValueError(f"{path}: expected a 'datasets:' list of entries with json_path")
         out = []
-        for entry in entries:
-            if not isinstance(entry, dict) or "json_path" not in entry:
-                raise ValueError(f"{path}: every datasets entry needs a json_path, got {entry!r}")
-            json_path = Path(entry["json_path"])
-            if not json_path.is_absolute() and not json_path.exists():
-                json_path = path.parent / json_path
+        for json_path, entry in _mixture(path):
             items = list(enumerate(read_json_records(json_path)))
             items = sample_subset(items, entry.get("sampling_strategy", "all"))
             out.extend(_records(items, json_path.name, entry.get("image_folder", image_folder)))
         return out
     return _records(enumerate(read_json_records(path)), path.name, image_folder)
+
+
+def data_files(data_path) -> list[Path]:
+    """Every file whose content `load_records(data_path)` depends on: the mixture file and its JSON files."""
+    path = Path(data_path)
+    if path.suffix in (".yaml", ".yml"):
+        return [path] + [json_path for json_path, _ in _mixture(path)]
+    return [path]
+
+
+def _mixture(path: Path) -> list[tuple[Path, dict]]:
+    """(resolved json_path, entry) for each entry of a YAML mixture."""
+    import yaml
+
+    if not path.is_file():
+        raise FileNotFoundError(f"data mixture {path} does not exist")
+    spec = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    entries = spec.get("datasets") if isinstance(spec, dict) else None
+    if not isinstance(entries, list) or not entries:
+        raise ValueError(f"{path}: expected a 'datasets:' list of entries with json_path")
+    out = []
+    for entry in entries:
+        if not isinstance(entry, dict) or "json_path" not in entry:
+            raise ValueError(f"{path}: every datasets entry needs a json_path, got {entry!r}")
+        json_path = Path(entry["json_path"])
+        if not json_path.is_absolute() and not json_path.exists():
+            json_path = path.parent / json_path
+        out.append((json_path, entry))
+    return out

@@ -179,7 +179,7 @@ def load_or_scan(request: ScanRequest, cache_dir=None, processes=None, progress=
     into a temporary folder). `processes`: scanning processes (default: every core).
     """
     started = time.perf_counter()
-    if str(cache_dir).lower() in scan_cache.DISABLED:
+    if isinstance(cache_dir, str) and cache_dir.lower() in scan_cache.DISABLED:
         folder = Path(tempfile.mkdtemp(prefix="llava-scan-"))
         try:
             key = scan_cache.cache_key(request)
@@ -199,7 +199,7 @@ def load_or_scan(request: ScanRequest, cache_dir=None, processes=None, progress=
             return _report(result, started)
         if scan_cache.try_lock(lock):
             with scan_cache.heartbeat(lock):
-                result = scan_cache.try_read(path, key)  # written while we were not holding the lock
+                result = scan_cache.try_read(path, key, warn=False)  # written while we waited
                 if result is None:
                     run_scan(request, path, key, processes, progress, child)
                     result = scan_cache.read_scan(path, key)

@@ -219,14 +219,15 @@ def read_scan(path: Path, key: dict) -> ScanResult:
                       header["n_records"], arrays["all_lengths"], header, path, _problems=arrays["problems"])
 
 
-def try_read(path: Path, key: dict) -> ScanResult | None:
+def try_read(path: Path, key: dict, warn: bool = True) -> ScanResult | None:
     """The scan at `path`, or None when there is none or it is unusable (warned: it will be rebuilt)."""
     if not path.exists():
         return None
     try:
         return read_scan(path, key)
     except (CacheError, OSError, ValueError, KeyError, TypeError) as err:
-        logger.warning("data: scan cache %s is unusable (%s); scanning again", path, err)
+        if warn:
+            logger.warning("data: scan cache %s is unusable (%s); scanning again", path, err)
         return None
 
 
@@ -289,7 +290,10 @@ def wait_unlocked(lock: Path):
             return
         waited = time.monotonic() - started
         if waited >= said:
-            holder = lock.read_text(errors="replace") if lock.exists() else "?"
+            try:
+                holder = lock.read_text(errors="replace")
+            except OSError:
+                holder = "?"
             logger.info("data: waiting for the scan held by %s (%s), %.0f s so far", holder, lock, waited)
             said = max(60.0, 2 * said)
         time.sleep(POLL_S)

@@ -216,3 +216,24 @@ def test_disabled_cache_scans_and_keeps_nothing(data, tokenizers, tmp_path, monk
     assert load_or_scan(req, cache_dir="none").scanned
     assert load_or_scan(req, cache_dir="none").scanned
     assert not (tmp_path / "unused").exists()
+
+
+def test_check_writes_the_cache_that_training_loads(data, tiny_llama_dir, tiny_clip_dir, tmp_path, capsys):
+    from transformers import AutoTokenizer
+
+    from llava.data import check
+
+    path, folder = data
+    argv = ["--data_path", str(path), "--image_folder", str(folder), "--model_name_or_path", str(tiny_llama_dir),
+            "--version", "v1", "--model_max_length", "300", "--vision_tower", str(tiny_clip_dir), "--no_progress",
+            "--data_cache_dir", str(tmp_path)]
+    assert check.main(argv) == 0
+    cold = capsys.readouterr().out.splitlines()
+    assert check.main(argv) == 0
+    warm = capsys.readouterr().out.splitlines()
+    assert cold[1:] == warm[1:] and "skipped 8 samples" in cold[-1]  # line 0 holds the timing
+    assert cold[0].split(" (")[0] == warm[0].split(" (")[0] == "samples: 11, usable: 3, skipped: 8"
+    layout = check.layout_from_args(check.parse_args(argv))
+    tok = AutoTokenizer.from_pretrained(tiny_llama_dir)
+    result = load_or_scan(ScanRequest(str(path), str(folder), tok, "v1", layout, 300), cache_dir=tmp_path)
+    assert not result.scanned and len(list(tmp_path.glob("scan-*.bin"))) == 1

@@ -5,7 +5,9 @@
         --vision_tower ./clip-vit-large-patch14-336 --image_aspect_ratio anyres
 
 It runs exactly the pass the training dataset runs at start
-(`lengths.scan_records`: image headers only, batched tokenisation) and
+(`lengths.scan_records`: image headers only, batched tokenisation, on every
+core) and writes the same scan cache (`--data_cache_dir`), so training on a
+checked dataset starts without scanning again. It
 reports the problems per kind with the first sample ids, the token-length
 distribution and the share over the limit. `--strict` exits non-zero on any problem.
 """
@@ -26,10 +28,9 @@ from llava.anyres import (
     parse_grid_pinpoints,
     to_pinpoint_tuple,
 )
-from llava.data.lengths import scan_records
 from llava.vision_config import read_vision_config
+from llava.data.parallel_scan import ScanRequest, load_or_scan
 from llava.data.problems import PROBLEM_KINDS, ProblemLog
-from llava.data.sources import load_records
 
 
 def layout_from_args(args) -> ImageLayout | None:
@@ -71,9 +72,8 @@ def report(n_records, entries, problems, all_lengths, max_length, seconds) -> st
         f"token length: min {lengths[0] if lengths else 0}, median {percentile(lengths, 50)}, "
         f"p95 {percentile(lengths, 95)}, max {lengths[-1] if lengths else 0}; "
         f"over model_max_length {max_length}: {over} ({100 * over / max(len(lengths), 1):.2f}%)",
-        f"truncated text-only samples: {sum(e.truncated for e in entries)}",
-        f"with images: {sum(bool(e.image_paths) for e in entries)}, text-only: "
-        f"{sum(not e.image_paths for e in entries)}",
+        f"truncated text-only samples: {int(entries.truncated.sum())}",
+        f"with images: {int(entries.has_images.sum())}, text-only: {int((~entries.has_images).sum())}",
     ]
     for kind, meaning in PROBLEM_KINDS.items():
         if problems.counts[kind]:
@@ -94,7 +94,12 @@ def parse_args(argv=None):
     p.add_argument("--image_grid_pinpoints", default=None, help="anyres grids; default LLaVA-NeXT's five")
     p.add_argument("--mm_patch_merge_type", default="spatial_unpad", help="flat, spatial or spatial_unpad")
     p.add_argument("--mm_vision_select_feature", default="patch", help="patch or cls_patch")
-    p.add_argument("--workers", type=int, default=None, help="threads reading image headers")
+    p.add_argument("--workers", type=int, default=None, help="processes scanning (default: every core)")
+    p.add_argument("--data_cache_dir", default=None,
+                   help="scan cache folder, as train.py's --data_cache_dir (default: $LLAVA_DATA_CACHE_DIR, else "
+                   "~/.cache/llava-next/data; 'none': no cache)")
+    p.add_argument("--require_images", action="store_true",
+                   help="check for a frozen-LLM stage (pretrain): text-only samples are problems, as train.py counts them")
     p.add_argument("--strict", action="store_true", help="exit non-zero on any problem")
     p.add_argument("--no_progress", action="store_true", help="hide the progress bars")
     return p.parse_args(argv)
@@ -111,14 +116,20 @@ def main(argv=None) -> int:
         return 2
     layout = layout_from_args(args)
     started = time.perf_counter()
-    records = load_records(args.data_path, args.image_folder)
-    problems, all_lengths = ProblemLog(strict=False), []
-    if layout is None and any(isinstance(r.sample, dict) and r.sample.get("image") for r in records):
-        print("error: the data has images; pass --vision_tower (or a LLaVA checkpoint)", file=sys.stderr)
-        return 2
-    entries = scan_records(records, tokenizer, args.version, layout, max_length, problems,
-                           workers=args.workers, progress=not args.no_progress, all_lengths=all_lengths)
-    print(report(len(records), entries, problems, all_lengths, max_length, time.perf_counter() - started))
+    request = ScanRequest(args.data_path, args.image_folder, tokenizer, args.version, layout, max_length,
+                          require_images=args.require_images)
+    try:
+        scan = load_or_scan(request, cache_dir=args.data_cache_dir, processes=args.workers,
+                            progress=not args.no_progress)
+    except ValueError as err:
+        if layout is None and "no image layout" in str(err):
+            print("error: the data has images; pass --vision_tower (or a LLaVA checkpoint)", file=sys.stderr)
+            return 2
+        raise
+    problems = ProblemLog(strict=False)
+    scan.replay(problems)
+    print(report(scan.n_records, scan.entries, problems, scan.all_lengths.tolist(), max_length,
+                 time.perf_counter() - started))
     return 1 if args.strict and problems.total else 0
 
 

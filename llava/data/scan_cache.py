@@ -6,7 +6,7 @@ lengths and image sizes, the problems found and every tokenised length --
 depends only on:
 
 - the data files (path, size, modification time) and the image folder,
-- the tokenizer (class, its full `tokenizer.json` or vocabulary, special tokens),
+- the tokenizer (class, its full `tokenizer.json` or vocabulary, BOS/EOS/UNK),
 - the conversation template (its fields) and the image layout,
 - `model_max_length` and whether text-only samples are refused (`require_images`),
 - the source of the modules that compute it (so a code change never reuses an old scan).
@@ -85,13 +85,13 @@ def _digest(*parts) -> str:
 
 
 def tokenizer_fingerprint(tokenizer) -> str:
-    """A hash that changes with the tokenizer's class, vocabulary, merges, added and special tokens."""
+    """A hash that changes with the tokenizer's class, vocabulary, merges, added tokens, BOS/EOS/UNK."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
     table = backend.to_str() if backend is not None else orjson.dumps(sorted(tokenizer.get_vocab().items()))
-    special = [getattr(tokenizer, name, None) for name in ("bos_token", "eos_token", "pad_token", "unk_token",
+    # what tokenising a conversation depends on; not the pad token or side (train.py sets them, the check does not)
+    special = [getattr(tokenizer, name, None) for name in ("bos_token", "eos_token", "unk_token",
                                                            "add_bos_token", "add_eos_token")]
-    return _digest(type(tokenizer).__module__, type(tokenizer).__qualname__, table, special,
-                   sorted(map(str, tokenizer.all_special_tokens)), getattr(tokenizer, "padding_side", None))
+    return _digest(type(tokenizer).__module__, type(tokenizer).__qualname__, table, special)
 
 
 def code_fingerprint() -> str:

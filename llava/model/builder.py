@@ -125,7 +125,8 @@ def _load_into(model, path: Path, what: str):
     """
     weights = torch.load(path, map_location="cpu", weights_only=True)
     required = [name for name, _ in param_roles(model)["projector"]]
-    load_partial_state(model, weights, f"{what} {path}", required=required)
+    # mm_projector.bin holds exactly the projector and newline; non_lora_trainables.bin whatever else trained
+    load_partial_state(model, weights, f"{what} {path}", required=required, exact=what == PROJECTOR_FILE)
 
 
 def _check_loading_info(info: dict, folder, may_lack=()) -> None:

@@ -11,6 +11,7 @@ import logging
 import torch
 
 from llava.anyres import ImageLayout
+from llava.model.weights import param_roles, unwrap_peft
 
 logger = logging.getLogger(__name__)
 
@@ -147,13 +148,12 @@ def set_trainable(model, model_args, training_args) -> None:
       --freeze_backbone), projector + image_newline unless
       --freeze_mm_mlp_adapter, vision tower with --unfreeze_mm_vision_tower.
     """
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = unwrap_peft(model)
     inner = base.get_model()
     tower = base.get_vision_tower()
-    projector = [*inner.mm_projector.parameters()] if getattr(inner, "mm_projector", None) is not None else []
-    newline = getattr(inner, "image_newline", None)
-    projector += [newline] if newline is not None else []
-    mm_ids = {id(p) for p in projector} | ({id(p) for p in tower.parameters()} if tower is not None else set())
+    roles = param_roles(model)
+    projector = [p for _, p in roles["projector"]]
+    mm_ids = {id(p) for p in projector} | {id(p) for _, p in roles["vision_tower"]}
     pretrain = model_args.tune_mm_mlp_adapter
     for name, param in model.named_parameters():
         if id(param) in mm_ids:

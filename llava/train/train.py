@@ -30,12 +30,6 @@ from llava.train.arguments import DataArguments, ModelArguments, TrainingArgumen
 logger = logging.getLogger(__name__)
 
 
-def last_checkpoint(output_dir) -> str | None:
-    """The newest `checkpoint-N` folder in `output_dir` (by N), or None."""
-    folders = [p for p in Path(output_dir).glob("checkpoint-*") if p.is_dir() and p.name.split("-")[-1].isdigit()]
-    return str(max(folders, key=lambda p: int(p.name.split("-")[-1]))) if folders else None
-
-
 def build(model_args, data_args, training_args):
     """Tokenizer, model (stage set up) and data module, exactly as `train` uses them."""
     from llava.train.lora import apply_lora, check_quantization_supported
@@ -94,10 +88,9 @@ def train(attn_implementation: str | None = None, argv: list[str] | None = None)
         **data_module,
     )
     check_modality_mix(training_args, data_module["train_dataset"])
-    resume = training_args.resume_from_checkpoint or last_checkpoint(training_args.output_dir)
-    if resume:
-        logger.info("resuming from %s", resume)
-    trainer.train(resume_from_checkpoint=resume)
+    # An explicit --resume_from_checkpoint, else the newest complete checkpoint (LLaVA's automatic resume);
+    # the trainer checks it (files, layout, data order) and prints the resume line.
+    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint or True)
     data_module["train_dataset"].log_summary()  # every skipped kind, decode errors met in training included
     trainer.save_state()
     model.config.use_cache = True

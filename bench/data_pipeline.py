@@ -17,7 +17,7 @@ Each start runs in a fresh process and reports the dataset construction time,
 the RSS it adds (anonymous and file-backed) per sample, and the private
 memory (USS) a forked dataloader worker gains by touching every record.
 Starts: the code under `--baseline` (a copy of the package before the scan
-cache, e.g. `git archive 1acaeb8 | tar -x -C /tmp/llava-before`), then this
+cache, e.g. `git archive d6d1c84 | tar -x -C /tmp/llava-before`), then this
 code cold (empty cache) and warm. `--train_start` also times whole
 `llava/train/train.py` runs (tiny model, one step) cold, warm and on 1K samples.
 """
@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import inspect
 import json
 import os
 import random
@@ -34,7 +35,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 
 def build(root: Path, n: int, seed: int = 0) -> Path:
@@ -136,12 +136,13 @@ def measure_start(data: str, images: str, cache: str) -> dict:
 
     tok = load_vendored_tokenizer("llama2")
     processor = CLIPImageProcessorPil(size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336})
-    args = SimpleNamespace(image_folder=images, strict_data=False, version="v1", image_processor=processor,
-                           model_max_length=4096, data_cache_dir=cache,
-                           image_layout=ImageLayout(336, 14, to_pinpoint_tuple(default_grid_pinpoints(336))))
+    layout = ImageLayout(336, 14, to_pinpoint_tuple(default_grid_pinpoints(336)), "anyres", "spatial_unpad")
+    kwargs = dict(version="v1", max_length=4096, layout=layout, image_processor=processor, image_folder=images)
+    if "cache_dir" in inspect.signature(LazySupervisedDataset).parameters:  # not in the baseline
+        kwargs["cache_dir"] = cache
     gc.collect()
     before, t0 = _memory(), time.perf_counter()
-    ds = LazySupervisedDataset(data, tok, args)
+    ds = LazySupervisedDataset(data, tok, **kwargs)
     seconds = time.perf_counter() - t0
     gc.collect()
     after, n = _memory(), len(ds.records)
@@ -223,6 +224,7 @@ def main():
     p = argparse.ArgumentParser()
     p.add_argument("--samples", type=int, default=10000, help="synthetic samples (90%% with an image)")
     p.add_argument("--getitem", type=int, default=300, help="samples loaded through __getitem__")
+    p.add_argument("--headers_only", action="store_true", help="check without decoding pixels (the check's --headers_only)")
     p.add_argument("--scale", type=int, default=None, help="start-up comparison at this many mix-like samples")
     p.add_argument("--baseline", default=None, help="folder with the package before the scan cache (for --scale)")
     p.add_argument("--train_start", action="store_true", help="with --scale: also time whole train.py starts")
@@ -251,7 +253,9 @@ def main():
         print(f"built {args.samples} samples in {time.perf_counter() - t0:.1f} s")
         argv = ["--data_path", str(root / "data.json"), "--image_folder", str(root / "images"),
                 "--model_name_or_path", str(vendored_tokenizer_dir("llama2")), "--version", "v1",
-                "--model_max_length", "4096", "--vision_tower", str(root / "clip336"), "--no_progress"]
+                "--model_max_length", "4096", "--vision_tower", str(root / "clip336"), "--no_progress",
+                "--image_aspect_ratio", "anyres", "--mm_patch_merge_type", "spatial_unpad"]
+        argv += ["--headers_only"] if args.headers_only else []
         t0 = time.perf_counter()
         check.main(argv)
         dt = time.perf_counter() - t0
@@ -260,10 +264,9 @@ def main():
 
         tok = load_vendored_tokenizer("llama2")
         processor = CLIPImageProcessorPil(size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336})
-        data_args = SimpleNamespace(image_folder=str(root / "images"), strict_data=False, version="v1",
-                                    image_processor=processor, model_max_length=4096,
-                                    image_layout=ImageLayout(336, 14, to_pinpoint_tuple(default_grid_pinpoints(336))))
-        ds = LazySupervisedDataset(str(root / "data.json"), tok, data_args)
+        layout = ImageLayout(336, 14, to_pinpoint_tuple(default_grid_pinpoints(336)), "anyres", "spatial_unpad")
+        ds = LazySupervisedDataset(str(root / "data.json"), tok, version="v1", max_length=4096, layout=layout,
+                                   image_processor=processor, image_folder=str(root / "images"))
         n = min(args.getitem, len(ds))
         ds[0]
         t0 = time.perf_counter()

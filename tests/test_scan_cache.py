@@ -231,9 +231,10 @@ def test_check_writes_the_cache_that_training_loads(data, tiny_llama_dir, tiny_c
     cold = capsys.readouterr().out.splitlines()
     assert check.main(argv) == 0
     warm = capsys.readouterr().out.splitlines()
-    assert cold[1:] == warm[1:] and "skipped 8 samples" in cold[-1]  # line 0 holds the timing
-    assert cold[0].split(" (")[0] == warm[0].split(" (")[0] == "samples: 11, usable: 3, skipped: 8"
-    layout = check.layout_from_args(check.parse_args(argv))
+    assert cold[1:] == warm[1:] and "skipped 9 samples" in cold[-1]  # line 0 holds the timing
+    # the check decodes pixels too (good_truncated_pixels: decode_error), after the cached header scan
+    assert cold[0].split(" (")[0] == warm[0].split(" (")[0] == "samples: 11, usable: 2, skipped: 9"
+    layout = check.check_layout(check.parse_args(argv))  # train.py's derivation, vision_config.layout_from_args
     tok = AutoTokenizer.from_pretrained(tiny_llama_dir)
     result = load_or_scan(ScanRequest(str(path), str(folder), tok, "v1", layout, 300), cache_dir=tmp_path)
     assert not result.scanned and len(list(tmp_path.glob("scan-*.bin"))) == 1

@@ -19,7 +19,6 @@ from train_support import REPO
 
 SCRIPT = r'''
 import datetime, json, logging, os, sys, time
-from types import SimpleNamespace
 
 import torch.distributed as dist
 
@@ -28,6 +27,8 @@ rank = os.environ["RANK"]
 for h in logging.getLogger().handlers:
     h.addFilter(lambda r: setattr(r, "rank", rank) or True)
 dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=10))
+
+from transformers import CLIPImageProcessorPil
 
 from llava.anyres import ImageLayout, default_grid_pinpoints, to_pinpoint_tuple
 from llava.data import parallel_scan
@@ -41,10 +42,11 @@ def run_scan(*args, **kw):  # the scanner outlasts the group's timeout: waiting 
     return slow_scan(*args, **kw)
 parallel_scan.run_scan = run_scan
 
-args = SimpleNamespace(image_folder=spec["folder"], strict_data=False, version="v1", image_processor=object(),
-                       image_layout=ImageLayout(56, 14, to_pinpoint_tuple(default_grid_pinpoints(56))),
-                       model_max_length=256, data_cache_dir=spec["cache"])
-ds = LazySupervisedDataset(spec["data"], load_vendored_tokenizer("llama2"), args)
+ds = LazySupervisedDataset(spec["data"], load_vendored_tokenizer("llama2"), version="v1", max_length=256,
+                           layout=ImageLayout(56, 14, to_pinpoint_tuple(default_grid_pinpoints(56))),
+                           image_processor=CLIPImageProcessorPil(size={"shortest_edge": 56},
+                                                                 crop_size={"height": 56, "width": 56}),
+                           image_folder=spec["folder"], cache_dir=spec["cache"])
 kept = [(ds.records.sample_id(int(i)), int(n)) for i, n in zip(ds.entries.index, ds.entries.length)]
 everyone = [None, None]
 dist.all_gather_object(everyone, kept)

@@ -114,12 +114,13 @@ def default_processes() -> int:
 def scan_to_file(request: ScanRequest, path: Path, key: dict, processes: int, progress: bool, writer: dict):
     """Load the records, scan them with `processes` processes and write the cache file at `path`."""
     started = time.perf_counter()
-    records = load_records(request.data_path, request.image_folder)
+    loading = _Collect()  # bad JSONL lines
+    records = load_records(request.data_path, request.image_folder, loading)
     store = RecordStore.from_records(records)
     del records
     gc.collect()  # the parsed dicts go before the workers fork
     bounds = [(s, min(s + CHUNK, len(store))) for s in range(0, len(store), CHUNK)]
-    tables, problems, lengths = [], [], []
+    tables, problems, lengths = [], list(loading.items), []
     processes = max(1, min(processes, len(bounds)))
     with tqdm(total=len(store), desc="data scan", unit="sample", disable=not progress, smoothing=0.05) as bar:
         if processes == 1:

@@ -105,6 +105,14 @@ class EntryTable:
     def __len__(self) -> int:
         return len(self.length)
 
+    def subset(self, keep: np.ndarray) -> "EntryTable":
+        """The rows where the bool mask `keep` is True."""
+        counts = np.diff(self.hw_offsets)
+        offsets = np.zeros(int(keep.sum()) + 1, dtype=np.int64)
+        np.cumsum(counts[keep], out=offsets[1:])
+        return EntryTable(self.index[keep], self.length[keep], self.truncated[keep], offsets,
+                          self.hw[np.repeat(keep, counts)])  # an image row is kept with its sample
+
     def image_hw(self, i: int) -> tuple:
         """((height, width), ...) of sample i's images."""
         return tuple((int(h), int(w)) for h, w in self.hw[self.hw_offsets[i] : self.hw_offsets[i + 1]])

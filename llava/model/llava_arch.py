@@ -19,6 +19,7 @@ from llava.constants import IMAGE_TOKEN_INDEX
 from llava.model.projector import build_vision_projector
 from llava.model.splice import pack_image_features, splice_batch, split_images
 from llava.model.vision_tower import build_vision_tower
+from llava.model.weights import load_partial_state
 
 
 def _new_image_newline(hidden: int, like: torch.Tensor | None = None) -> nn.Parameter:
@@ -105,16 +106,16 @@ class LlavaMetaModel:
             self.load_mm_adapter(adapter)
 
     def load_mm_adapter(self, path):
-        """Load `mm_projector.bin` (keys `model.mm_projector.*`, `model.image_newline`)."""
+        """Load `mm_projector.bin` (keys `model.mm_projector.*`, `model.image_newline`), strictly.
+
+        Every projector tensor, and `image_newline` when the merge type uses
+        one, must be in the file with its exact shape; nothing else may be.
+        """
         weights = torch.load(path, map_location="cpu", weights_only=True)
-        prefix = "model.mm_projector."
-        projector = {k[len(prefix) :]: v for k, v in weights.items() if k.startswith(prefix)}
-        if not projector:
-            raise ValueError(f"{path} holds no '{prefix}*' weights; keys: {sorted(weights)[:8]}")
-        self.mm_projector.load_state_dict(projector)
-        if "model.image_newline" in weights and getattr(self, "image_newline", None) is not None:
-            with torch.no_grad():
-                self.image_newline.copy_(weights["model.image_newline"])
+        own = [*(f"model.mm_projector.{n}" for n, _ in self.mm_projector.named_parameters()),
+               *(["model.image_newline"] if getattr(self, "image_newline", None) is not None else [])]
+        load_partial_state(self, weights, f"--pretrain_mm_mlp_adapter {path}", required=own, prefix="model.",
+                           exact=True)
 
 
 class LlavaMetaForCausalLM(ABC):

@@ -238,3 +238,13 @@ def test_check_writes_the_cache_that_training_loads(data, tiny_llama_dir, tiny_c
     tok = AutoTokenizer.from_pretrained(tiny_llama_dir)
     result = load_or_scan(ScanRequest(str(path), str(folder), tok, "v1", layout, 300), cache_dir=tmp_path)
     assert not result.scanned and len(list(tmp_path.glob("scan-*.bin"))) == 1
+
+
+def test_unwritable_cache_folder_scans_with_a_warning(data, tokenizers, tmp_path, caplog):
+    path, folder = data
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    with caplog.at_level(logging.WARNING, logger="llava.data"):
+        result = load_or_scan(request(path, folder, tokenizers("llama2")), cache_dir=blocker / "cache")
+    assert result.scanned and len(result.entries) == 3
+    assert any("cannot write the scan cache" in r.getMessage() for r in caplog.records)

@@ -70,7 +70,7 @@ class LazySupervisedDataset(Dataset):
         self.met_in_training = SharedProblems()
         started = time.perf_counter()
         request = ScanRequest(str(data_path), image_folder, tokenizer, version, layout, self.max_length, require_images)
-        scan = load_or_scan(request, cache_dir=cache_dir, progress=is_main_process())
+        scan = load_or_scan(request, cache_dir=cache_dir, progress=True)  # only the scanning process draws it
         self.records, self.entries = scan.records, scan.entries  # compact arrays: record_store
         scan.replay(self.problems)  # strict mode raises the first problem here, cold or cached
         entries = self.entries

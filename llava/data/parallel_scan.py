@@ -116,9 +116,8 @@ def scan_to_file(request: ScanRequest, path: Path, key: dict, processes: int, pr
     started = time.perf_counter()
     loading = _Collect()  # bad JSONL lines
     records = load_records(request.data_path, request.image_folder, loading)
-    store = RecordStore.from_records(records)
-    del records
-    gc.collect()  # the parsed dicts go before the workers fork
+    store = RecordStore.from_records(_drain(records))  # each parsed dict is freed once encoded
+    gc.collect()
     bounds = [(s, min(s + CHUNK, len(store))) for s in range(0, len(store), CHUNK)]
     tables, problems, lengths = [], list(loading.items), []
     processes = max(1, min(processes, len(bounds)))
@@ -141,6 +140,13 @@ def scan_to_file(request: ScanRequest, path: Path, key: dict, processes: int, pr
                 pool.terminate()
     info = dict(writer=writer, seconds=round(time.perf_counter() - started, 3), processes=processes)
     scan_cache.write_scan(path, key, store, EntryTable.concat(tables), problems, lengths, len(store), info)
+
+
+def _drain(items: list):
+    """Yield the items of a list in order while emptying it (so each can be freed after use)."""
+    items.reverse()
+    while items:
+        yield items.pop()
 
 
 def _scan_in_child(request: ScanRequest, path: Path, key: dict, processes: int, progress: bool, writer: dict):
@@ -181,16 +187,7 @@ def load_or_scan(request: ScanRequest, cache_dir=None, processes=None, progress=
     """
     started = time.perf_counter()
     if isinstance(cache_dir, str) and cache_dir.lower() in scan_cache.DISABLED:
-        folder = Path(tempfile.mkdtemp(prefix="llava-scan-"))
-        try:
-            key = scan_cache.cache_key(request)
-            path = folder / "scan.bin"
-            run_scan(request, path, key, processes, progress, child)
-            result = scan_cache.read_scan(path, key)  # mapped: the file may go, the pages stay
-        finally:
-            shutil.rmtree(folder, ignore_errors=True)
-        result.scanned = True
-        return _report(result, started)
+        return _scan_uncached(request, processes, progress, child, started)
     key = scan_cache.cache_key(request)
     path = scan_cache.cache_path(cache_dir or scan_cache.default_cache_dir(), key)
     lock = path.with_name(path.name + ".lock")
@@ -198,7 +195,13 @@ def load_or_scan(request: ScanRequest, cache_dir=None, processes=None, progress=
         result = scan_cache.try_read(path, key)
         if result is not None:
             return _report(result, started)
-        if scan_cache.try_lock(lock):
+        try:
+            locked = scan_cache.try_lock(lock)
+        except OSError as err:  # a read-only or missing folder: still train, say why it will scan every time
+            logger.warning("data: cannot write the scan cache in %s (%s); scanning without one (see --data_cache_dir)",
+                           path.parent, err)
+            return _scan_uncached(request, processes, progress, child, started)
+        if locked:
             with scan_cache.heartbeat(lock):
                 result = scan_cache.try_read(path, key, warn=False)  # written while we waited
                 if result is None:
@@ -207,6 +210,20 @@ def load_or_scan(request: ScanRequest, cache_dir=None, processes=None, progress=
                     result.scanned = True
             return _report(result, started)
         scan_cache.wait_unlocked(lock)
+
+
+def _scan_uncached(request, processes, progress, child, started) -> scan_cache.ScanResult:
+    """Scan into a temporary folder and map the result; the file is gone when this returns."""
+    folder = Path(tempfile.mkdtemp(prefix="llava-scan-"))
+    try:
+        key = scan_cache.cache_key(request)
+        path = folder / "scan.bin"
+        run_scan(request, path, key, processes, progress, child)
+        result = scan_cache.read_scan(path, key)  # mapped: the pages stay after the file is removed
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    result.scanned = True
+    return _report(result, started)
 
 
 def _report(result: scan_cache.ScanResult, started: float) -> scan_cache.ScanResult:

@@ -11,6 +11,7 @@ shared between the ranks of a node through the page cache.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -18,6 +19,14 @@ import numpy as np
 import orjson
 
 from llava.data.sources import Record
+
+
+def _encode(sample) -> bytes:
+    """JSON bytes of one sample; the standard library for what orjson refuses (integers beyond 64 bits)."""
+    try:
+        return orjson.dumps(sample)
+    except TypeError:
+        return json.dumps(sample).encode("utf-8")
 
 
 def _pack(chunks: list[bytes]) -> tuple[np.ndarray, np.ndarray]:
@@ -38,12 +47,21 @@ class RecordStore(Sequence):
 
     @classmethod
     def from_records(cls, records) -> "RecordStore":
-        """Encode `Record`s (e.g. from `sources.load_records`)."""
+        """Encode `Record`s (e.g. from `sources.load_records`), in one pass over any iterable.
+
+        A generator that drops each record after yielding it keeps the peak
+        memory at the parsed dicts, not the dicts plus their encoding.
+        """
         folders: dict = {}
-        folder_index = np.array([folders.setdefault(r.image_folder, len(folders)) for r in records], dtype=np.int32)
-        blob, offsets = _pack([orjson.dumps(r.sample) for r in records])
-        id_blob, id_offsets = _pack([r.sample_id.encode("utf-8") for r in records])
-        return cls(blob, offsets, id_blob, id_offsets, folder_index, list(folders))
+        index, samples, ids = [], [], []
+        for r in records:
+            index.append(folders.setdefault(r.image_folder, len(folders)))
+            samples.append(_encode(r.sample))
+            ids.append(r.sample_id.encode("utf-8"))
+        blob, offsets = _pack(samples)
+        del samples
+        id_blob, id_offsets = _pack(ids)
+        return cls(blob, offsets, id_blob, id_offsets, np.array(index, dtype=np.int32), list(folders))
 
     def __len__(self) -> int:
         return len(self.offsets) - 1

@@ -248,3 +248,42 @@ def test_unwritable_cache_folder_scans_with_a_warning(data, tokenizers, tmp_path
         result = load_or_scan(request(path, folder, tokenizers("llama2")), cache_dir=blocker / "cache")
     assert result.scanned and len(result.entries) == 3
     assert any("cannot write the scan cache" in r.getMessage() for r in caplog.records)
+
+
+def _uss_kib() -> int:
+    rollup = dict(line.split(":", 1) for line in open("/proc/self/smaps_rollup").read().splitlines()[1:])
+    return int(rollup["Private_Clean"].split()[0]) + int(rollup["Private_Dirty"].split()[0])
+
+
+def _forked_reader_growth_mib(records) -> float:
+    """Private memory (USS) a forked child gains by reading every record, as a DataLoader worker does."""
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        before = _uss_kib()
+        total = sum(len(turn["value"]) for i in range(len(records)) for turn in records[i].sample["conversations"])
+        os.write(write_fd, json.dumps([before, _uss_kib(), total]).encode())
+        os._exit(0)
+    os.close(write_fd)
+    with os.fdopen(read_fd) as fh:
+        before, after, total = json.loads(fh.read())
+    os.waitpid(pid, 0)
+    assert total > 0
+    return (after - before) / 1024
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/smaps_rollup"), reason="Linux /proc needed")
+def test_forked_workers_do_not_copy_the_mapped_records(tmp_path):
+    """Reading every record from a forked process copies almost nothing; Python dicts are copied page by page."""
+    from llava.data.sources import Record
+
+    turn = lambda who, k: {"from": who, "value": " ".join(f"word{j}" for j in range(k))}  # noqa: E731
+    records = [Record({"id": str(i), "conversations": [turn("human", 30), turn("gpt", 150)]}, str(i), None)
+               for i in range(20_000)]  # about 36 MB of Python objects
+    store = RecordStore.from_records(records)
+    scan_cache.write_scan(tmp_path / "s.bin", {}, store, EntryTable.from_entries([]), [], [], len(store), {})
+    mapped = scan_cache.read_scan(tmp_path / "s.bin", {}).records
+    copied_dicts, copied_store = _forked_reader_growth_mib(records), _forked_reader_growth_mib(mapped)
+    print(f"forked reader copied {copied_dicts:.1f} MiB of dicts, {copied_store:.1f} MiB of the mapped store")
+    assert copied_store < 4, copied_store
+    assert copied_dicts > 5 * copied_store + 10, (copied_dicts, copied_store)

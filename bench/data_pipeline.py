@@ -178,7 +178,7 @@ def _train_start(code: str, root: Path, data: Path, cache: str) -> float:
     return round(seconds, 1)
 
 
-def scale(n: int, baseline: str | None, train_start: bool, keep: str | None):
+def scale(n: int, baseline: str | None, train_start: bool, keep: str | None, train_only: bool = False):
     """The issue-11 comparison; prints one JSON line per start and a Markdown table."""
     from llava.demo.tiny import build_tiny_llm, build_tiny_vision_tower
 
@@ -191,11 +191,11 @@ def scale(n: int, baseline: str | None, train_start: bool, keep: str | None):
     print(f"data: {n} samples, {data.stat().st_size / n:.0f} bytes/sample, built in {time.perf_counter() - t0:.0f} s; "
           f"cores {os.cpu_count()}, load {os.getloadavg()[0]:.1f}", flush=True)
     rows = []
-    if baseline:
+    if baseline and not train_only:
         rows.append(("before (no cache, Python dicts)", _start(baseline, data, "none")))
         print(rows[-1], flush=True)
     cache = str(root / f"cache-{time.time_ns()}")
-    for label in ("scan cache: cold", "scan cache: warm"):
+    for label in () if train_only else ("scan cache: cold", "scan cache: warm"):
         rows.append((label, _start(here, data, cache)))
         print(rows[-1], flush=True)
     print("| start | seconds | RSS (MiB) | anon KiB/sample | file-backed KiB/sample | forked worker reading all (MiB) |")
@@ -203,14 +203,14 @@ def scale(n: int, baseline: str | None, train_start: bool, keep: str | None):
     for label, r in rows:
         print(f"| {label} | {r['seconds']} | {r['rss_mib']} | {r['anon_kib_per_sample']} | "
               f"{r['file_kib_per_sample']} | {r['worker_mib']} |")
-    if train_start:
+    if train_start or train_only:
         build_tiny_llm(root / "llm", family="llama", tokenizer="llama2")
         build_tiny_vision_tower(root / "clip", family="clip", image_size=56)
         small = root / "mix1000.json"
         if not small.exists():
             build_mix(root, 1000)
         starts = {}
-        if baseline:
+        if baseline and not train_only:
             starts["before"] = _train_start(baseline, root, data, cache)
         tcache = str(root / f"train-cache-{time.time_ns()}")
         starts["cold"] = _train_start(here, root, data, tcache)
@@ -229,13 +229,14 @@ def main():
     p.add_argument("--baseline", default=None, help="folder with the package before the scan cache (for --scale)")
     p.add_argument("--train_start", action="store_true", help="with --scale: also time whole train.py starts")
     p.add_argument("--keep", default=None, help="with --scale: build/reuse the data in this folder")
+    p.add_argument("--train_only", action="store_true", help="with --scale: only the train.py starts of this code")
     p.add_argument("--_measure", nargs=3, default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args._measure:
         print(json.dumps(measure_start(*args._measure)))
         return
     if args.scale:
-        scale(args.scale, args.baseline, args.train_start, args.keep)
+        scale(args.scale, args.baseline, args.train_start, args.keep, args.train_only)
         return
 
     import torch

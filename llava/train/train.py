@@ -54,6 +54,8 @@ def build(model_args, data_args, training_args):
         model = apply_lora(model, training_args)
     set_trainable(model, model_args, training_args)
     from llava.data import make_supervised_data_module
+    from llava.data.collator import DataCollatorForPackedSequences
+    from llava.model.fused_loss import enable_liger_kernel
     from llava.train.llava_trainer import trains_llm
 
     data_module = make_supervised_data_module(
@@ -61,6 +63,11 @@ def build(model_args, data_args, training_args):
         model_max_length=training_args.model_max_length,
         require_images=not trains_llm(model),  # text-only samples would train nothing: skip and count
     )
+    if training_args.packing:
+        data_module["data_collator"] = DataCollatorForPackedSequences(tokenizer)  # docs/Packing.md
+    if training_args.use_liger_kernel:
+        enable_liger_kernel(model)  # our wrappers' own path; warns and trains plainly without liger-kernel or a GPU
+        training_args.use_liger_kernel = False  # the Trainer's own call knows only plain HF model types
     return tokenizer, model, data_module
 
 

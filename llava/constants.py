@@ -16,3 +16,6 @@ DEFAULT_IM_END_TOKEN = "<im_end>"
 CONTROLLER_HEART_BEAT_EXPIRATION = 30
 WORKER_HEART_BEAT_INTERVAL = 15
 LOGDIR = "."
+
+IMAGE_PLACEHOLDER = "<image-placeholder>"
+"""LLaVA's `run_llava.py` spelling for where the image goes in a `--query` (replaced by `<image>`)."""

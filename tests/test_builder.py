@@ -59,7 +59,7 @@ def test_full_checkpoint_round_trip(tmp_path, reference, tiny_llama_dir, tiny_cl
 
     tokenizer, loaded, processor, context_len = load_pretrained_model(tmp_path, None, "llava-tiny", **CPU)
     assert type(loaded).__name__ == "LlavaLlamaForCausalLM"
-    assert context_len == 777
+    assert context_len == 4096  # LLaVA-NeXT reports max_position_embeddings before tokenizer_model_max_length
     assert tokenizer.pad_token == tokenizer.unk_token  # llama2 has no pad token; LLaVA pads with unk
     assert processor.to_dict() == tower_processor.to_dict()
     assert {p.dtype for p in loaded.parameters()} == {torch.float32}
@@ -78,7 +78,7 @@ def test_projector_only_checkpoint_over_base(tmp_path, reference, tiny_llama_dir
     tokenizer, loaded, processor, context_len = load_pretrained_model(
         tmp_path, tiny_llama_dir, "llava-tiny-pretrain", device="cpu", torch_dtype=torch.float32
     )
-    assert context_len == 2048
+    assert context_len == 4096  # the tiny LLM's max_position_embeddings, as LLaVA-NeXT reports it
     expected = logits(model, tokenizer, processor)
     torch.testing.assert_close(logits(loaded, tokenizer, processor), expected, atol=0, rtol=0)
 

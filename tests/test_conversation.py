@@ -129,6 +129,7 @@ def test_copy_is_independent_and_templates_untouched():
 
 def _chat(version, system=None):
     conv = conv_templates[version].copy()
+    conv.messages = []  # v0 / default carry an example exchange
     if system is not None:
         conv.system = system
     conv.append_message(conv.roles[0], "<image>\nWhat?")

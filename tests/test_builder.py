@@ -124,6 +124,6 @@ def test_quantised_or_cuda_loading_without_gpu_fails_clearly(tmp_path, tiny_llam
         load_pretrained_model(tiny_llama_dir, None, "llava", load_4bit=True, **CPU)
     if not torch.cuda.is_available():
         with pytest.raises(RuntimeError, match="CUDA is not available"):
-            load_pretrained_model(tiny_llama_dir, None, "llava", device="cuda")
+            load_pretrained_model(tiny_llama_dir, None, "llava", device="cuda:0")  # explicit; the defaults fall back to the CPU
     with pytest.raises(ValueError, match="unknown torch_dtype 'float17'"):
         load_pretrained_model(tiny_llama_dir, None, "llava", device="cpu", torch_dtype="float17")

@@ -27,6 +27,12 @@ def _new_image_newline(hidden: int, like: torch.Tensor | None = None) -> nn.Para
     return nn.Parameter(torch.randn(hidden, **kwargs) * hidden**-0.5)
 
 
+def _check_modalities(modalities) -> None:
+    """LLaVA-NeXT's `modalities=["image", ...]` argument: images are the only modality here."""
+    if modalities is not None and any(m != "image" for m in modalities):
+        raise NotImplementedError(f"modalities {sorted(set(modalities))}: only 'image' is supported")
+
+
 class LlavaMetaModel:
     """Holds `vision_tower`, `mm_projector` and (for *unpad merges) `image_newline`."""
 
@@ -208,6 +214,7 @@ class LlavaMetaForCausalLM(ABC):
         **kwargs,
     ):
         """The LLM's forward after the splice; `kwargs` (num_items_in_batch, logits_to_keep, ...) pass through."""
+        _check_modalities(kwargs.pop("modalities", None))
         if inputs_embeds is None:
             (input_ids, position_ids, attention_mask, past_key_values, inputs_embeds, labels) = (
                 self.prepare_inputs_labels_for_multimodal(
@@ -236,6 +243,7 @@ class LlavaMetaForCausalLM(ABC):
         """
         if "inputs_embeds" in kwargs:
             raise NotImplementedError("pass input_ids (`inputs`), not inputs_embeds, to generate")
+        _check_modalities(kwargs.pop("modalities", None))
         inputs = kwargs.pop("input_ids", inputs)
         position_ids = kwargs.pop("position_ids", None)
         attention_mask = kwargs.pop("attention_mask", None)

@@ -58,6 +58,12 @@ def flash_varlen_kwargs(position_ids: torch.Tensor) -> dict:
     return dict(cu_seq_lens_q=cu_q, cu_seq_lens_k=cu_k, max_length_q=max_q, max_length_k=max_k)
 
 
+def _check_modalities(modalities) -> None:
+    """LLaVA-NeXT's `modalities=["image", ...]` argument: images are the only modality here."""
+    if modalities is not None and any(m != "image" for m in modalities):
+        raise NotImplementedError(f"modalities {sorted(set(modalities))}: only 'image' is supported")
+
+
 class LlavaMetaModel:
     """Holds `vision_tower`, `mm_projector` and (for *unpad merges) `image_newline`."""
 
@@ -273,6 +279,7 @@ class LlavaMetaForCausalLM(ABC):
         packed-sequence mask) and, under flash-attention, with the varlen
         `cu_seq_lens_*` computed once here instead of in every layer.
         """
+        _check_modalities(kwargs.pop("modalities", None))
         if inputs_embeds is None:
             (input_ids, position_ids, attention_mask, past_key_values, inputs_embeds, labels) = (
                 self.prepare_inputs_labels_for_multimodal(
@@ -315,6 +322,7 @@ class LlavaMetaForCausalLM(ABC):
         """
         if "inputs_embeds" in kwargs:
             raise NotImplementedError("pass input_ids (`inputs`), not inputs_embeds, to generate")
+        _check_modalities(kwargs.pop("modalities", None))
         inputs = kwargs.pop("input_ids", inputs)
         position_ids = kwargs.pop("position_ids", None)
         attention_mask = kwargs.pop("attention_mask", None)

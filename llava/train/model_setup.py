@@ -71,12 +71,11 @@ def load_tokenizer(model_args, training_args):
 
 
 def _model_class(model_name_or_path):
-    from transformers import AutoConfig
-
     from llava.model import LlavaLlamaForCausalLM, LlavaQwenForCausalLM
+    from llava.model import reference
 
-    kind = getattr(AutoConfig.from_pretrained(model_name_or_path), "model_type", "")
-    return LlavaQwenForCausalLM if kind in ("qwen2", "llava_qwen") else LlavaLlamaForCausalLM
+    kind = reference.model_type(model_name_or_path)  # also a reference checkpoint's "llava" type
+    return LlavaQwenForCausalLM if kind == "llava_qwen" else LlavaLlamaForCausalLM
 
 
 def _share_process_group_with_deepspeed(training_args) -> None:
@@ -102,7 +101,8 @@ def load_model(model_args, training_args):
 
     _share_process_group_with_deepspeed(training_args)
     cls = _model_class(model_args.model_name_or_path)
-    model = cls.from_pretrained(
+    model = reference.from_pretrained(  # our folders and the reference code's (see llava.model.reference)
+        cls,
         model_args.model_name_or_path,
         cache_dir=training_args.cache_dir,
         attn_implementation=resolve_attn_implementation(training_args.attn_implementation),

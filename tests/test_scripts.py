@@ -417,3 +417,36 @@ def test_xtuner_internvl_sft_mixture():
         ("geoqa+.jsonl", "data/geoqa+", "all"),
         ("synthdog_en.jsonl", "data/synthdog-en", "all"),
     ]
+
+
+FAKE_SRUN = """#!/usr/bin/env bash
+# Stands in for srun: drop its options, run the command once per node of the allocation, as SLURM would.
+while [ "${1#--}" != "$1" ]; do shift; done
+for id in $(seq 0 $((SLURM_NNODES - 1))); do
+    SLURM_NODEID=$id FAKE_LAUNCH_LOG="$FAKE_LOG_DIR/node$id.argv" "$@"
+done
+"""
+FAKE_SCONTROL = """#!/usr/bin/env bash
+# Stands in for `scontrol show hostnames LIST`.
+printf 'gpu-a\\ngpu-b\\n'
+"""
+
+
+def test_slurm_example_runs_the_same_script_on_every_node(fake_bin, tmp_path):
+    """scripts/slurm/train.sbatch: NNODES from the allocation, NODE_RANK per node, MASTER_ADDR its first host."""
+    for name, text in (("srun", FAKE_SRUN), ("scontrol", FAKE_SCONTROL)):
+        (tmp_path / name).write_text(text)
+        (tmp_path / name).chmod(0o755)
+    script = "next/vicuna-7b/finetune.sh"
+    env = clean_env(PATH=f"{tmp_path}{os.pathsep}{fake_bin}{os.pathsep}{os.environ['PATH']}", FAKE_LOG_DIR=str(tmp_path),
+                    SLURM_NNODES="2", SLURM_JOB_NODELIST="gpu-[a-b]", SLURM_SUBMIT_DIR=str(ROOT))
+    proc = subprocess.run(["bash", str(SCRIPTS / "slurm" / "train.sbatch"), f"scripts/{script}"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    single = run_script(fake_bin, script)
+    for rank in (0, 1):
+        argv = (tmp_path / f"node{rank}.argv").read_text().split("\0")[:-1]
+        cut = argv.index(TRAIN_ENTRY)
+        assert argv[:cut] == ["torchrun", "--nnodes", "2", "--node_rank", str(rank), "--master_addr", "gpu-a",
+                              "--master_port", "29500", "--nproc_per_node", "8"]
+        assert argv[cut + 1 :] == single[2]

@@ -99,7 +99,7 @@ def train(attn_implementation: str | None = None, argv: list[str] | None = None)
     check_modality_mix(training_args, data_module["train_dataset"])
     resume = training_args.resume_from_checkpoint or last_checkpoint(training_args.output_dir)
     if resume:
-        logger.info("resuming from %s", resume)
+        logger.warning("resuming from %s", resume)  # visible by default: a relaunch must say it continues
     trainer.train(resume_from_checkpoint=resume)
     trainer.save_state()
     model.config.use_cache = True

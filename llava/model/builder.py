@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from llava.constants import DEFAULT_IM_END_TOKEN, DEFAULT_IM_START_TOKEN, DEFAULT_IMAGE_PATCH_TOKEN
+from llava.model.vision_lora import merge_model_vision_lora
 
 NON_LORA_FILE = "non_lora_trainables.bin"
 PROJECTOR_FILE = "mm_projector.bin"
@@ -221,6 +222,7 @@ def load_pretrained_model(model_path, model_base, model_name, load_8bit=False, l
 
     if "device_map" not in load_kwargs:  # the tower is a submodule, so it moves too
         model.to(device=device, dtype=dtype)
+    merge_model_vision_lora(model)  # --mm_vision_lora_enable checkpoints: fold the tower's LoRA into its weights
     _add_llava_tokens(tokenizer, model)
     tower = model.get_vision_tower()
     image_processor = _image_processor(tower, model_path, model.config)

@@ -23,6 +23,7 @@ import torch
 from llava.constants import DEFAULT_IM_END_TOKEN, DEFAULT_IM_START_TOKEN, DEFAULT_IMAGE_PATCH_TOKEN
 from llava.model import reference
 from llava.model.weights import NON_LORA_FILE, PROJECTOR_FILE, check_matches_files, load_partial_state, param_roles
+from llava.model.vision_lora import merge_model_vision_lora
 
 # Modules that stay unquantised under bitsandbytes (built inside our model, unlike LLaVA's separate tower).
 QUANTIZATION_SKIP_MODULES = ["vision_tower", "mm_projector", "lm_head"]
@@ -268,6 +269,7 @@ def load_pretrained_model(model_path, model_base, model_name, load_8bit=False, l
 
     if "device_map" not in load_kwargs:  # the tower is a submodule, so it moves too
         model.to(device=device, dtype=dtype)
+    merge_model_vision_lora(model)  # --mm_vision_lora_enable checkpoints: fold the tower's LoRA into its weights
     _add_llava_tokens(tokenizer, model)
     tower = model.get_vision_tower()
     image_processor = _image_processor(tower, model_path, model.config)

@@ -21,6 +21,7 @@ from llava.anyres import ImageLayout, normalize_aspect_ratio, parse_grid_pinpoin
 from llava.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
 from llava.model.projector import build_vision_projector
 from llava.model.splice import pack_image_features, splice_batch, splice_packed, split_images
+from llava.model.vision_lora import add_vision_lora
 from llava.model.vision_tower import build_vision_tower
 from llava.model.weights import load_partial_state
 
@@ -72,6 +73,8 @@ class LlavaMetaModel:
         if getattr(config, "mm_vision_tower", None) is not None:
             # A checkpoint: rebuild from the stored vision config; weights come from the checkpoint.
             self.vision_tower = build_vision_tower(config)
+            if getattr(config, "mm_vision_lora", None):  # absent in checkpoints without tower LoRA
+                add_vision_lora(self.vision_tower, **config.mm_vision_lora)
             self.mm_projector = build_vision_projector(config)
             if "unpad" in (getattr(config, "mm_patch_merge_type", "") or ""):
                 self.image_newline = _new_image_newline(config.hidden_size)

@@ -12,6 +12,8 @@ import torch
 
 from llava.anyres import ImageLayout
 from llava.model.weights import param_roles, unwrap_peft
+from llava.model.vision_lora import MODULE_NAME as VISION_LORA
+from llava.model.vision_lora import add_vision_lora, has_vision_lora
 
 logger = logging.getLogger(__name__)
 
@@ -137,7 +139,24 @@ def init_vision(model, model_args, layout: ImageLayout, training_args):
     config.unfreeze_mm_vision_tower = training_args.unfreeze_mm_vision_tower
     config.mm_projector_lr = training_args.mm_projector_lr
     config.mm_vision_tower_lr = training_args.mm_vision_tower_lr
+    init_vision_lora(tower, config, model_args, training_args)
     return tower
+
+
+def init_vision_lora(tower, config, model_args, training_args) -> None:
+    """--mm_vision_lora_enable: LoRA branches on the tower's linears, recorded in the config for reloading."""
+    config.mm_vision_lora = None
+    if not training_args.mm_vision_lora_enable:
+        return
+    if model_args.tune_mm_mlp_adapter:
+        raise ValueError("--mm_vision_lora_enable is a finetune setting; the pretrain stage "
+                         "(--tune_mm_mlp_adapter True) trains and saves only the projector")
+    if training_args.unfreeze_mm_vision_tower:
+        raise ValueError("--mm_vision_lora_enable trains the tower through LoRA only; "
+                         "drop --unfreeze_mm_vision_tower (or the LoRA) to train it fully")
+    config.mm_vision_lora = {"r": training_args.mm_vision_lora_r, "alpha": training_args.mm_vision_lora_alpha,
+                             "dropout": training_args.mm_vision_lora_dropout}
+    add_vision_lora(tower, **config.mm_vision_lora)
 
 
 def set_trainable(model, model_args, training_args) -> None:
@@ -170,3 +189,5 @@ def set_trainable(model, model_args, training_args) -> None:
         param.requires_grad_(pretrain or not training_args.freeze_mm_mlp_adapter)
     if tower is not None:
         tower.requires_grad_(bool(training_args.unfreeze_mm_vision_tower) and not pretrain)
+        if has_vision_lora(tower):  # the tower's weights stay frozen, its LoRA branches train
+            getattr(tower, VISION_LORA).requires_grad_(not pretrain)

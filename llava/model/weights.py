@@ -21,7 +21,10 @@ import struct
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
 from torch import nn
+from transformers.conversion_mapping import get_model_conversion_mapping
+from transformers.core_model_loading import WeightRenaming, rename_source_key
 
 PROJECTOR_FILE = "mm_projector.bin"
 """Pretrain stage output: `model.mm_projector.*` and `model.image_newline` (LLaVA's name)."""
@@ -147,9 +150,6 @@ def weight_files(folder) -> list[Path]:
 
 def _renamer(model):
     """key -> the model's own name, with the renames `from_pretrained` applies (e.g. CLIP's `vision_model.` level)."""
-    from transformers.conversion_mapping import get_model_conversion_mapping
-    from transformers.core_model_loading import WeightRenaming, rename_source_key
-
     conversions = get_model_conversion_mapping(model, add_legacy=False)
     renamings = [c for c in conversions if isinstance(c, WeightRenaming)]
     if len(renamings) != len(conversions):
@@ -193,8 +193,6 @@ def load_full_checkpoint(model: nn.Module, folder) -> None:
     level that the in-memory modules lack, so the tower would silently stay
     at its initial weights. Keys are renamed as `from_pretrained` does.
     """
-    from safetensors.torch import load_file
-
     check_matches_files(model, folder)
     rename = _renamer(model)
     state = {}

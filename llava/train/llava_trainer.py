@@ -9,6 +9,10 @@ What it changes, and why:
   (+ config) instead of the whole frozen model, with LoRA the adapter plus
   `non_lora_trainables.bin`, always with the optimizer, scheduler, RNG and
   trainer state, so every stage resumes exactly;
+- how checkpoints are written and resumed (docs/Checkpoints.md): into a
+  `.partial-*` folder renamed when complete; a resume must be complete, of
+  the same layout and data order (`llava_resume.json`), and loads every
+  tensor strictly; DeepSpeed engine states load without unpickling code;
 - token and padding counts for the throughput callback.
 """
 

@@ -49,7 +49,8 @@ def param_roles(model: nn.Module) -> dict[str, list[tuple[str, nn.Parameter]]]:
     Names are the outer model's (`model.mm_projector.0.weight`,
     `model.image_newline`, `model.vision_tower.*`).
     """
-    inner = unwrap_peft(model).get_model()
+    base = unwrap_peft(model)
+    inner = base.get_model() if hasattr(base, "get_model") else base  # the outer LLaVA model or its inner one
     projector = getattr(inner, "mm_projector", None)
     named = [(f"model.mm_projector.{n}", p) for n, p in projector.named_parameters()] if projector is not None else []
     newline = getattr(inner, "image_newline", None)

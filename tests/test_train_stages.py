@@ -112,6 +112,7 @@ def _resume_from_checkpoint_2(argv, out, tmp_path):
     new_argv[new_argv.index("--output_dir") + 1] = str(copy)
     trainer = train(argv=new_argv)
     assert trainer.state.global_step == 4
+    assert trainer._initial_global_step == 2  # resumed at step 2, not retrained from the start
     return copy
 
 

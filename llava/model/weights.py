@@ -168,15 +168,17 @@ def file_tensor_shapes(folder, model) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def check_matches_files(model: nn.Module, folder) -> int:
+def check_matches_files(model: nn.Module, folder, may_lack: tuple[str, ...] = ()) -> int:
     """Raise unless the folder's files hold exactly the model's tensors, with its shapes; returns their count.
 
     Tied weights (e.g. `lm_head.weight` when `tie_word_embeddings`) are stored once and not expected.
+    `may_lack`: name prefixes the files may omit because they were loaded from elsewhere
+    (a reference checkpoint's tower, read from its own folder).
     """
     files = file_tensor_shapes(folder, model)
     tied = set(getattr(model, "all_tied_weights_keys", None) or {})
     expected = {name: tuple(t.shape) for name, t in model.state_dict().items() if name not in tied}
-    missing = sorted(set(expected) - set(files))
+    missing = sorted(n for n in set(expected) - set(files) if not n.startswith(may_lack))
     extra = sorted(set(files) - set(expected) - tied)
     wrong = [f"{n} {files[n]} vs model {expected[n]}" for n in sorted(set(files) & set(expected)) if files[n] != expected[n]]
     problems = ([f"missing {missing[:8]}"] if missing else []) + ([f"extra {extra[:8]}"] if extra else []) + (

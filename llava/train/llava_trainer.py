@@ -162,6 +162,7 @@ class LLaVATrainer(Trainer):
             num_chunks=self.args.world_size * self.args.gradient_accumulation_steps,
             seed=seed,
             pure=needs_same_modality_across_ranks(self.args),
+            world_size=self.args.world_size,
         )
 
     # ---- throughput counts ----

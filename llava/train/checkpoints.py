@@ -83,6 +83,8 @@ class ResumeContract:
     """Samples kept after filtering (len of the training dataset)."""
     dataset_fingerprint: str
     """`dataset_fingerprint` of the training dataset."""
+    packing: bool = False
+    """--packing: samples packed into rows change what each step holds."""
 
     @classmethod
     def of_run(cls, args, dataset) -> ResumeContract:
@@ -95,6 +97,7 @@ class ResumeContract:
             group_by_modality_length=bool(getattr(args, "group_by_modality_length", False)),
             dataset_size=len(dataset) if dataset is not None else 0,
             dataset_fingerprint=dataset_fingerprint(dataset) if dataset is not None else "",
+            packing=bool(getattr(args, "packing", False)),
         )
 
     def differences(self, now: ResumeContract) -> list[str]:

@@ -23,7 +23,7 @@ from llava.model.projector import build_vision_projector
 from llava.model.splice import pack_image_features, splice_batch, splice_packed, split_images
 from llava.model.vision_lora import add_vision_lora
 from llava.model.vision_tower import build_vision_tower
-from llava.model.weights import load_partial_state
+from llava.model.weights import load_partial_state, param_roles
 
 
 def _new_image_newline(hidden: int, like: torch.Tensor | None = None) -> nn.Parameter:
@@ -151,8 +151,7 @@ class LlavaMetaModel:
         one, must be in the file with its exact shape; nothing else may be.
         """
         weights = torch.load(path, map_location="cpu", weights_only=True)
-        own = [*(f"model.mm_projector.{n}" for n, _ in self.mm_projector.named_parameters()),
-               *(["model.image_newline"] if getattr(self, "image_newline", None) is not None else [])]
+        own = [name for name, _ in param_roles(self)["projector"]]
         load_partial_state(self, weights, f"--pretrain_mm_mlp_adapter {path}", required=own, prefix="model.",
                            exact=True)
 

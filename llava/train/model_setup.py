@@ -11,6 +11,7 @@ import logging
 import torch
 
 from llava.anyres import ImageLayout
+from llava.model import reference
 from llava.model.weights import param_roles, unwrap_peft
 from llava.model.vision_lora import MODULE_NAME as VISION_LORA
 from llava.model.vision_lora import add_vision_lora, has_vision_lora

@@ -39,7 +39,8 @@ def last_checkpoint(output_dir) -> str | None:
 def build(model_args, data_args, training_args):
     """Tokenizer, model (stage set up) and data module, exactly as `train` uses them."""
     from llava.train.lora import apply_lora, check_quantization_supported
-    from llava.train.model_setup import choose_pad_token, init_vision, load_model, load_tokenizer, set_trainable
+    from llava.train.model_setup import (allow_frozen_quantized_llm, choose_pad_token, init_vision, load_model,
+                                         load_tokenizer, set_trainable)
 
     check_quantization_supported(training_args.bits)
     if model_args.vision_tower is None:
@@ -57,6 +58,7 @@ def build(model_args, data_args, training_args):
     if training_args.lora_enable:
         model = apply_lora(model, training_args)
     set_trainable(model, model_args, training_args)
+    allow_frozen_quantized_llm(model, model_args, training_args)
     from llava.train.llava_trainer import trains_llm
 
     data_args.require_images = not trains_llm(model)  # text-only samples would train nothing: skip and count

@@ -11,6 +11,7 @@ import logging
 import torch
 
 from llava.anyres import ImageLayout
+from llava.model import reference
 from llava.model.weights import param_roles, unwrap_peft
 from llava.model.vision_lora import MODULE_NAME as VISION_LORA
 from llava.model.vision_lora import add_vision_lora, has_vision_lora
@@ -74,7 +75,6 @@ def load_tokenizer(model_args, training_args):
 
 def _model_class(model_name_or_path):
     from llava.model import LlavaLlamaForCausalLM, LlavaQwenForCausalLM
-    from llava.model import reference
 
     kind = reference.model_type(model_name_or_path)  # also a reference checkpoint's "llava" type
     return LlavaQwenForCausalLM if kind == "llava_qwen" else LlavaLlamaForCausalLM

@@ -114,6 +114,7 @@ def convert(model_path, output_dir, model_base=None, conv_mode=None, save_dtype=
     from llava.model.builder import load_pretrained_model
     from llava.model import LlavaConfig
     from llava.model.reference import read_llava_config
+    from llava.model.vision_lora import STATE_PREFIX as VISION_LORA_STATE_PREFIX
     from llava.model.weights import check_matches_files
 
     check_expressible(read_llava_config(model_path, LlavaConfig))  # name the setting before loading any weight
@@ -121,7 +122,8 @@ def convert(model_path, output_dir, model_base=None, conv_mode=None, save_dtype=
         str(model_path), model_base, get_model_name_from_path(str(model_path)), device="cpu", torch_dtype="float32"
     )
     # Counted from the files themselves: from_pretrained would have filled a missing tensor with random values.
-    read = check_matches_files(model, model_path) if model_base is None else None
+    # The tower's LoRA branches (--mm_vision_lora_enable) were merged into its weights by load_pretrained_model.
+    read = check_matches_files(model, model_path, merged=(VISION_LORA_STATE_PREFIX,)) if model_base is None else None
     stored = stored_dtype(model_path)
     conv_mode = conv_mode or guess_conv_mode(tokenizer)
     image_token_id = add_image_token(tokenizer)

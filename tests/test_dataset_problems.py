@@ -163,3 +163,23 @@ def test_end_summary_counts_decode_errors_met_in_workers(data, tokenizers, caplo
     assert line == "data: kept 3, skipped 9 samples (" + ", ".join(f"{k}=1" for k in kinds) + ")"
     (record,) = [r for r in caplog.records if r.getMessage().startswith(line)]
     assert record.levelno == logging.WARNING and "replaced while loading: 1" in record.getMessage()
+
+
+@pytest.mark.parametrize("fmt", ["jpeg", "png"])
+def test_decoding_header_read_catches_truncation(tmp_path, fmt):
+    from llava.data.headers import POOL_THRESHOLD, image_header, read_headers
+
+    full = tmp_path / f"full.{fmt}"
+    Image.effect_noise((120, 90), 64).convert("RGB").save(full)
+    cut = tmp_path / f"cut.{fmt}"
+    cut.write_bytes(full.read_bytes()[: full.stat().st_size // 2])
+    assert image_header(str(cut)) == (90, 120)  # the header alone looks fine
+    assert image_header(str(cut), decode=True) == "decode_error"
+    assert image_header(str(full), decode=True) == (90, 120)
+    expected = {}
+    for i in range(POOL_THRESHOLD // 2 + 1):  # enough distinct files for the thread pool
+        for name, source, result in (("f", full, (90, 120)), ("c", cut, "decode_error")):
+            copy = tmp_path / f"{name}{i}.{fmt}"
+            copy.write_bytes(source.read_bytes())
+            expected[str(copy)] = result
+    assert read_headers(list(expected), workers=4, decode=True) == expected

@@ -128,6 +128,14 @@ class TrainingArguments(transformers.TrainingArguments):
     lora_dropout: float = field(default=0.05, metadata={"help": "Dropout on the LoRA branch."})
     lora_weight_path: str = field(default="", metadata={"help": "LLaVA flag; unused."})
     lora_bias: str = field(default="none", metadata={"help": "Which biases train with LoRA: none, all or lora_only."})
+    mm_vision_lora_enable: bool = field(
+        default=False,
+        metadata={"help": "Train the vision tower only through LoRA on its linear layers (XTuner's LLaVA-Llama-3 "
+                  "finetune); the tower's own weights stay frozen. Combines with a full or a LoRA LLM."},
+    )
+    mm_vision_lora_r: int = field(default=64, metadata={"help": "Vision-tower LoRA rank."})
+    mm_vision_lora_alpha: int = field(default=16, metadata={"help": "Vision-tower LoRA alpha (scale = alpha / r)."})
+    mm_vision_lora_dropout: float = field(default=0.05, metadata={"help": "Dropout on the vision-tower LoRA branch."})
     mm_projector_lr: float | None = field(
         default=None, metadata={"help": "Learning rate of the projector and image_newline; default: --learning_rate."}
     )
@@ -138,6 +146,11 @@ class TrainingArguments(transformers.TrainingArguments):
     group_by_modality_length: bool = field(
         default=False,
         metadata={"help": "Batches hold only image or only text samples, grouped by length (LLaVA's sampler)."},
+    )
+    packing: bool = field(
+        default=False,
+        metadata={"help": "Padding-free batches: each micro-batch's samples concatenated in one row, positions "
+                  "restarting per sample, attention kept within each sample (docs/Packing.md). Same loss, no padding."},
     )
     attn_implementation: str | None = field(
         default=None,

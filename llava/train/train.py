@@ -30,12 +30,6 @@ from llava.train.arguments import DataArguments, ModelArguments, TrainingArgumen
 logger = logging.getLogger(__name__)
 
 
-def last_checkpoint(output_dir) -> str | None:
-    """The newest `checkpoint-N` folder in `output_dir` (by N), or None."""
-    folders = [p for p in Path(output_dir).glob("checkpoint-*") if p.is_dir() and p.name.split("-")[-1].isdigit()]
-    return str(max(folders, key=lambda p: int(p.name.split("-")[-1]))) if folders else None
-
-
 def build(model_args, data_args, training_args):
     """Tokenizer, model (stage set up) and data module, exactly as `train` uses them."""
     from llava.train.lora import apply_lora, check_quantization_supported
@@ -60,6 +54,8 @@ def build(model_args, data_args, training_args):
         model = apply_lora(model, training_args)
     set_trainable(model, model_args, training_args)
     from llava.data import make_supervised_data_module
+    from llava.data.collator import DataCollatorForPackedSequences
+    from llava.model.fused_loss import enable_liger_kernel
     from llava.train.llava_trainer import trains_llm
 
     data_module = make_supervised_data_module(
@@ -67,6 +63,11 @@ def build(model_args, data_args, training_args):
         model_max_length=training_args.model_max_length,
         require_images=not trains_llm(model),  # text-only samples would train nothing: skip and count
     )
+    if training_args.packing:
+        data_module["data_collator"] = DataCollatorForPackedSequences(tokenizer)  # docs/Packing.md
+    if training_args.use_liger_kernel:
+        enable_liger_kernel(model)  # our wrappers' own path; warns and trains plainly without liger-kernel or a GPU
+        training_args.use_liger_kernel = False  # the Trainer's own call knows only plain HF model types
     return tokenizer, model, data_module
 
 
@@ -94,10 +95,9 @@ def train(attn_implementation: str | None = None, argv: list[str] | None = None)
         **data_module,
     )
     check_modality_mix(training_args, data_module["train_dataset"])
-    resume = training_args.resume_from_checkpoint or last_checkpoint(training_args.output_dir)
-    if resume:
-        logger.info("resuming from %s", resume)
-    trainer.train(resume_from_checkpoint=resume)
+    # An explicit --resume_from_checkpoint, else the newest complete checkpoint (LLaVA's automatic resume);
+    # the trainer checks it (files, layout, data order) and prints the resume line.
+    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint or True)
     data_module["train_dataset"].log_summary()  # every skipped kind, decode errors met in training included
     trainer.save_state()
     model.config.use_cache = True

@@ -1,15 +1,12 @@
 """`LlavaQwenForCausalLM`: a Qwen2 / Qwen2.5 LLM with LLaVA's image splice.
 
-The class, config and state-dict layout are LLaVA's, so LLaVA's scripts and
-lmms-eval's `llava` adapter load our checkpoints unchanged; the image work is
-shared with the Llama wrapper through the mixins in `llava_arch.py`.
+As `llava_llama.py`, for the Qwen2 family: only the class names and the
+`model_type` differ; everything else lives in the mixins of `llava_arch.py`.
 """
 
 from __future__ import annotations
 
-from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, Qwen2Config, Qwen2ForCausalLM, Qwen2Model
-from transformers.models.qwen2.modeling_qwen2 import Qwen2PreTrainedModel
 
 from llava.model.llava_arch import LlavaMetaForCausalLM, LlavaMetaModel
 
@@ -26,17 +23,7 @@ class LlavaQwenModel(LlavaMetaModel, Qwen2Model):
 
 class LlavaQwenForCausalLM(LlavaMetaForCausalLM, Qwen2ForCausalLM):
     config_class = LlavaQwenConfig
-
-    def __init__(self, config):
-        # Skip Qwen2ForCausalLM.__init__ so the inner model is built once, as the LLaVA subclass.
-        Qwen2PreTrainedModel.__init__(self, config)
-        self.model = LlavaQwenModel(config)
-        self.vocab_size = config.vocab_size
-        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
-        self.post_init()
-
-    def get_model(self):
-        return self.model
+    inner_model_class = LlavaQwenModel
 
 
 AutoConfig.register("llava_qwen", LlavaQwenConfig, exist_ok=True)

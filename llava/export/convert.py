@@ -110,10 +110,13 @@ def convert(model_path, output_dir, model_base=None, conv_mode=None, save_dtype=
     import torch
 
     from llava.mm_utils import get_model_name_from_path
-    from llava.export.hf_mapping import llava_to_hf
+    from llava.export.hf_mapping import check_expressible, llava_to_hf
     from llava.model.builder import load_pretrained_model
+    from llava.model import LlavaConfig
+    from llava.model.reference import read_llava_config
     from llava.model.weights import check_matches_files
 
+    check_expressible(read_llava_config(model_path, LlavaConfig))  # name the setting before loading any weight
     tokenizer, model, image_processor, _ = load_pretrained_model(
         str(model_path), model_base, get_model_name_from_path(str(model_path)), device="cpu", torch_dtype="float32"
     )

@@ -15,6 +15,7 @@ import torch
 from llava.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
 from llava.data.collator import DataCollatorForPackedSequences, DataCollatorForSupervisedDataset
 from llava.model import LlavaLlamaForCausalLM, LlavaQwenForCausalLM
+from llava.model.attention import PACKED_SDPA
 from llava.model.llava_arch import is_packed
 from test_model_splice import make_model, tiles_for
 
@@ -59,8 +60,8 @@ def _loss_and_grads(model, batch, n_items):
     return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
-@pytest.mark.parametrize("stage", ["pretrain", "finetune"])
-@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+@pytest.mark.parametrize("stage, attn", [("pretrain", "sdpa"), ("finetune", "sdpa"), ("finetune", "eager"),
+                                         ("pretrain", PACKED_SDPA), ("finetune", PACKED_SDPA)])
 def test_packed_loss_and_grads_equal_padded(model, stage, attn):
     model.set_attn_implementation(attn)
     inner = model.get_model()
@@ -95,7 +96,9 @@ def _sample_spans(model, batch):
 
 
 @torch.no_grad()
-def test_packed_logits_equal_padded_rows_and_samples_are_isolated(model):
+@pytest.mark.parametrize("attn", ["sdpa", PACKED_SDPA])
+def test_packed_logits_equal_padded_rows_and_samples_are_isolated(model, attn):
+    model.set_attn_implementation(attn)
     layout = model.get_image_layout()
     instances = make_instances(layout)
     padded = DataCollatorForSupervisedDataset(TOKENIZER)(instances)
@@ -117,6 +120,7 @@ def test_packed_logits_equal_padded_rows_and_samples_are_isolated(model):
     for b, (start, end) in enumerate(spans):
         same = torch.equal(logits_changed[0, start:end], logits_pack[0, start:end])
         assert same == (b != 1), b  # the others bit-identical; the changed sample's own logits differ
+    model.set_attn_implementation("sdpa")
 
 
 def test_packed_labels_ignore_each_sample_start():

@@ -19,6 +19,7 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from llava.anyres import ImageLayout, normalize_aspect_ratio, parse_grid_pinpoints
 from llava.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
+from llava.model.attention import needs_varlen_kwargs
 from llava.model.projector import build_vision_projector
 from llava.model.splice import pack_image_features, splice_batch, splice_packed, split_images
 from llava.model.vision_tower import build_vision_tower
@@ -269,8 +270,8 @@ class LlavaMetaForCausalLM(ABC):
         """The LLM's forward after the splice; `kwargs` (num_items_in_batch, logits_to_keep, ...) pass through.
 
         A packed batch runs without a cache (a cache turns off transformers'
-        packed-sequence mask) and, under flash-attention, with the varlen
-        `cu_seq_lens_*` computed once here instead of in every layer.
+        packed-sequence mask) and, under flash-attention or `PACKED_SDPA`, with
+        the varlen `cu_seq_lens_*` computed once here instead of in every layer.
         """
         if inputs_embeds is None:
             (input_ids, position_ids, attention_mask, past_key_values, inputs_embeds, labels) = (
@@ -280,7 +281,7 @@ class LlavaMetaForCausalLM(ABC):
             )
         if is_packed(position_ids, attention_mask) and not _is_decoding(past_key_values):
             use_cache = False
-            if "flash" in (getattr(self.config, "_attn_implementation", None) or ""):
+            if needs_varlen_kwargs(self.config._attn_implementation):
                 kwargs.update(flash_varlen_kwargs(position_ids))
         if return_dict is not None:
             kwargs["return_dict"] = return_dict

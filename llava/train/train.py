@@ -69,11 +69,13 @@ def build(model_args, data_args, training_args):
     data_args.model_max_length = training_args.model_max_length
     from llava.data import make_supervised_data_module
     from llava.data.collator import DataCollatorForPackedSequences
+    from llava.model.attention import use_packed_attention
     from llava.model.fused_loss import enable_liger_kernel
 
     data_module = make_supervised_data_module(tokenizer=tokenizer, data_args=data_args)
     if training_args.packing:
         data_module["data_collator"] = DataCollatorForPackedSequences(tokenizer)  # docs/Packing.md
+        use_packed_attention(model)  # sdpa -> per-sample sdpa; flash-attn runs varlen as it is
     if training_args.use_liger_kernel:
         enable_liger_kernel(model)  # our wrappers' own path; warns and trains plainly without liger-kernel or a GPU
         training_args.use_liger_kernel = False  # the Trainer's own call knows only plain HF model types

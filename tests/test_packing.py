@@ -129,3 +129,18 @@ def test_packed_labels_ignore_each_sample_start():
     assert batch["input_ids"].tolist() == [[1, 5, 6, 2, 7]]
     assert batch["position_ids"].tolist() == [[0, 1, 2, 0, 1]]
     assert batch["labels"].tolist() == [[IGNORE_INDEX, 5, 6, IGNORE_INDEX, 7]]  # 6 never learns to predict 2
+
+
+@torch.no_grad()
+def test_packed_sdpa_without_cu_seqlens_reads_position_ids(model):
+    """The inner LLM called directly with packed position_ids (no cu_seq_lens) still keeps samples apart."""
+    model.set_attn_implementation(PACKED_SDPA)
+    try:
+        ids = torch.tensor([[1, 5, 6, 7, 1, 8, 9]])
+        positions = torch.tensor([[0, 1, 2, 3, 0, 1, 2]])
+        packed = model.get_model()(input_ids=ids, position_ids=positions, use_cache=False).last_hidden_state
+        first = model.get_model()(input_ids=ids[:, :4], use_cache=False).last_hidden_state
+        second = model.get_model()(input_ids=ids[:, 4:], use_cache=False).last_hidden_state
+        torch.testing.assert_close(packed, torch.cat([first, second], dim=1), rtol=1e-5, atol=1e-6)
+    finally:
+        model.set_attn_implementation("sdpa")

@@ -14,6 +14,7 @@ import logging
 import torch
 from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.modeling_flash_attention_utils import prepare_fa_kwargs_from_position_ids
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 logger = logging.getLogger(__name__)
@@ -55,14 +56,20 @@ PACKED_SDPA = "sdpa_packed"
 
 
 def packed_sdpa_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
-    """Causal SDPA on each packed sample on its own; a padded batch (no `cu_seq_lens_q`) takes plain SDPA.
+    """Causal SDPA on each packed sample on its own; a padded batch takes plain SDPA.
 
     query [B, heads, T, D], key/value [B, kv_heads, T, D] -> [B, T, heads, D],
     as transformers' `sdpa_attention_forward`. Plain SDPA on a packed row would
     compute all T x T scores under a block-diagonal mask; this computes only
     each sample's own triangle, as flash-attn's varlen kernel does on a GPU.
+    Sample bounds come from `cu_seq_lens_q` (our forward computes it once) or,
+    failing that, from packed `position_ids`, so no caller gets cross-sample attention.
     """
     cu_seqlens = kwargs.pop("cu_seq_lens_q", None)
+    position_ids = kwargs.get("position_ids")
+    if cu_seqlens is None and attention_mask is None and query.shape[2] > 1 and position_ids is not None \
+            and query.shape[0] == 1 and bool((position_ids.diff(dim=-1) < 0).any()):
+        (cu_seqlens, _), _ = prepare_fa_kwargs_from_position_ids(position_ids)
     if cu_seqlens is None:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout, scaling, **kwargs)
     bounds = cu_seqlens.tolist()
@@ -72,6 +79,11 @@ def packed_sdpa_attention(module, query, key, value, attention_mask, dropout=0.0
         for s, e in zip(bounds[:-1], bounds[1:])
     ]
     return torch.cat(outputs, dim=1), None
+
+
+def packed_sdpa_mask(*args, attention_mask=None, **kwargs):
+    """No mask at all without padding (`packed_sdpa_attention` is causal per sample); SDPA's mask otherwise."""
+    return None if attention_mask is None else sdpa_mask(*args, attention_mask=attention_mask, **kwargs)
 
 
 def needs_varlen_kwargs(attn_implementation: str | None) -> bool:
@@ -90,7 +102,6 @@ def use_packed_attention(model) -> str:
     return model.config._attn_implementation
 
 
-# transformers' registries for custom attention kernels (its documented extension point): the kernel, and the
-# mask it gets for a padded batch, which is SDPA's.
+# transformers' registries for custom attention kernels (its documented extension point): the kernel and its mask.
 AttentionInterface.register(PACKED_SDPA, packed_sdpa_attention)
-AttentionMaskInterface.register(PACKED_SDPA, sdpa_mask)
+AttentionMaskInterface.register(PACKED_SDPA, packed_sdpa_mask)

@@ -18,6 +18,7 @@ profiler trace, that flash-attn's varlen kernel runs and SDPA does not.
 
     python bench/train_throughput.py --tiny                                # CPU, ~2 min
     python bench/train_throughput.py --liger off,on --recompute full,none  # GPU (docs/benchmarks.md)
+    python bench/train_throughput.py --loss_memory 16384                   # GPU: the loss's peak memory
 """
 
 from __future__ import annotations
@@ -151,18 +152,39 @@ class Variant:
 def run_config(args, shape_name, liger, recompute, device, dtype, lengths, tmp) -> list[dict]:
     """One model; every (order, mode) variant's step k runs back to back, so load changes hit all alike."""
     shape = SHAPES[shape_name]
-    attn = FLASH if device == "cuda" and flash_attn_available() else "sdpa"
     torch.manual_seed(0)
-    model = build_model(shape, dtype, device, tmp, args.stage, attn)
-    attn = use_packed_attention(model)  # flash stays flash; sdpa runs padded batches as plain sdpa
+    model = build_model(shape, dtype, device, tmp, args.stage,
+                        FLASH if device == "cuda" and flash_attn_available() else "sdpa")
+    attn = use_packed_attention(model)  # flash stays flash; sdpa_packed runs padded batches as plain sdpa
     liger_on = enable_liger_kernel(model) if liger == "on" else False
     if recompute == "full":
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.train()
     optimizer = torch.optim.AdamW(build_param_groups(model, [n for n, _ in model.named_parameters()], 1e-5, 0.0),
                                   fused=device == "cuda")
+    train_step = lambda batch: _train_step(model, optimizer, batch, device, dtype)  # noqa: E731
+    variants = make_variants(args, model, lengths, shape_name, train_step)
+    if attn == FLASH:
+        for variant in variants:
+            assert_flash_varlen(lambda: train_step(variant.batches[0]))
+    time_variants(variants, args.steps, train_step, device)
+    peak = device_peak_flops() if device == "cuda" else None
+    results = [dict(stage=args.stage, mode=v.mode, order=v.order, liger=liger, liger_applied=liger_on,
+                    recompute=recompute, attn="sdpa" if v.mode == "padded" and attn != FLASH else attn,
+                    step_s=round(v.seconds / args.steps, 4), real_tokens_per_s=round(v.real / v.seconds, 1),
+                    padding_share=round(1 - v.real / v.computed, 4),
+                    mfu=round(v.model_flops / v.seconds / peak, 4) if peak else None,
+                    # one model for all variants: the peak is the largest variant's
+                    peak_mem_gib=round(torch.cuda.max_memory_allocated() / 2**30, 2) if device == "cuda" else None)
+               for v in variants]
+    del model, optimizer
+    return results
+
+
+def make_variants(args, model, lengths, shape_name, train_step) -> list[Variant]:
+    """Each (order, mode) variant's collated micro-batches; its warm-up steps run here."""
     layout = model.get_image_layout()
-    samples = make_samples(lengths, layout, shape_name, shape["vocab"], args.seed)
+    samples = make_samples(lengths, layout, shape_name, SHAPES[shape_name]["vocab"], args.seed)
     flops = flops_per_token(model)
     variants = []
     for order in args.orders:
@@ -173,32 +195,22 @@ def run_config(args, shape_name, liger, recompute, device, dtype, lengths, tmp) 
             batches = [collate([samples[i] for i in group]) for group in groups]
             variants.append(Variant(order, mode, batches[args.warmup :], layout, flops, IMAGE_WH[shape_name]))
             for batch in batches[: args.warmup]:
-                _train_step(model, optimizer, batch, device, dtype)
-    if attn == FLASH:
-        for variant in variants:
-            assert_flash_varlen(lambda: _train_step(model, optimizer, variant.batches[0], device, dtype))
+                train_step(batch)
+    return variants
+
+
+def time_variants(variants: list[Variant], steps: int, train_step, device: str) -> None:
+    """Step k of every variant back to back, for k in range(steps); adds each step's time to its variant."""
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    for k in range(args.steps):
+    for k in range(steps):
         for variant in variants:
             sync()
             start = time.perf_counter()
-            _train_step(model, optimizer, variant.batches[k], device, dtype)
+            train_step(variant.batches[k])
             sync()
             variant.seconds += time.perf_counter() - start
-    peak = device_peak_flops() if device == "cuda" else None
-    results = [dict(stage=args.stage, mode=v.mode, order=v.order, liger=liger_on, recompute=recompute,
-                    attn=attn if v.mode == "packed" or attn == FLASH else "sdpa",
-                    step_s=round(v.seconds / args.steps, 4), real_tokens_per_s=round(v.real / v.seconds, 1),
-                    padding_share=round(1 - v.real / v.computed, 4),
-                    mfu=round(v.model_flops / v.seconds / peak, 4) if peak else None)
-               for v in variants]
-    if device == "cuda":  # one model for all variants: the peak is the largest variant's
-        for r in results:
-            r["peak_mem_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
-    del model, optimizer
-    return results
 
 
 def _train_step(model, optimizer, batch, device, dtype):
@@ -225,7 +237,30 @@ def _sample_ids(batch: dict) -> list[torch.Tensor]:
     return [row[m] for row, m in zip(batch["input_ids"], batch["attention_mask"])]
 
 
-def main():
+def loss_memory(tokens: int, hidden: int = 4096) -> list[dict]:
+    """GPU: peak memory of the loss alone (forward + backward), transformers' path vs Liger's fused one."""
+    from llava.model.fused_loss import linear_cross_entropy, liger_linear_loss, liger_unavailable_reason
+
+    rows = []
+    for vocab in (32000, 128256):  # Vicuna / Llama-2, Llama-3
+        for name, fn in (("plain", linear_cross_entropy), ("liger", liger_linear_loss)):
+            if name == "liger" and liger_unavailable_reason():
+                continue
+            h = torch.randn(tokens, hidden, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+            w = torch.randn(vocab, hidden, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+            t = torch.randint(vocab, (tokens,), device="cuda")
+            torch.cuda.synchronize()
+            base = torch.cuda.memory_allocated()
+            torch.cuda.reset_peak_memory_stats()
+            fn(h, w, t, tokens).backward()
+            torch.cuda.synchronize()
+            rows.append(dict(vocab=vocab, tokens=tokens, loss=name,
+                             peak_over_inputs_gib=round((torch.cuda.max_memory_allocated() - base) / 2**30, 2)))
+            del h, w, t
+    return rows
+
+
+def parse_args():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tiny", action="store_true", help="tiny widths and lengths on CPU instead of 7B / CLIP-L")
     parser.add_argument("--stage", choices=["finetune", "pretrain"], default="finetune",
@@ -241,33 +276,54 @@ def main():
     parser.add_argument("--samples", type=int, default=20000, help="size of the synthetic length list")
     parser.add_argument("--seed", type=int, default=0, help="seed of the lengths, order and token ids")
     parser.add_argument("--json", type=str, default=None, help="also write the results to this file")
+    parser.add_argument("--loss_memory", type=int, default=0, metavar="TOKENS",
+                        help="GPU only: measure the loss's peak memory at this many tokens (plain vs Liger), then exit")
     args = parser.parse_args()
-
-    cuda = torch.cuda.is_available() and not args.tiny
-    device, dtype = ("cuda", torch.bfloat16) if cuda else ("cpu", torch.float32)
-    shape_name = "tiny" if args.tiny else "real"
     args.steps = args.steps or (20 if args.tiny else 10)
     args.orders = (args.orders or ("random,sampler" if args.tiny else "sampler")).split(",")
     args.modes = args.modes.split(",")
+    return args
+
+
+def add_speedups(results: list[dict], first_order: str) -> None:
+    """Each result's real tokens/s over the padded run of `first_order` with the same Liger / recompute setting."""
+    for r in results:
+        ref = next((x for x in results if x["mode"] == "padded" and "oom" not in x and x["liger"] == r["liger"]
+                    and x["recompute"] == r["recompute"] and x["order"] == first_order), None)
+        if ref and "oom" not in r:
+            r[f"vs_padded_{first_order}"] = round(r["real_tokens_per_s"] / ref["real_tokens_per_s"], 3)
+
+
+def main():
+    args = parse_args()
+    if args.loss_memory:
+        print(json.dumps(loss_memory(args.loss_memory), indent=2))
+        return
+    cuda = torch.cuda.is_available() and not args.tiny
+    device, dtype = ("cuda", torch.bfloat16) if cuda else ("cpu", torch.float32)
+    shape_name = "tiny" if args.tiny else "real"
     if args.tiny:
         torch.set_num_threads(1)  # steadier on a shared CPU
     lengths = mix665k_like_lengths(args.samples, args.seed)
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         for k, (liger, recompute) in enumerate(itertools.product(args.liger.split(","), args.recompute.split(","))):
-            results += run_config(args, shape_name, liger, recompute, device, dtype, lengths, Path(tmp) / str(k))
+            try:
+                results += run_config(args, shape_name, liger, recompute, device, dtype, lengths, Path(tmp) / str(k))
+            except torch.OutOfMemoryError:
+                results += [dict(stage=args.stage, mode=m, order=o, liger=liger, recompute=recompute, oom=True)
+                            for o in args.orders for m in args.modes]
+                torch.cuda.empty_cache()
             print(json.dumps(results[-len(args.orders) * len(args.modes):]), flush=True)
-    header = dict(shape="tiny" if args.tiny else "vicuna7b+clipL336", dtype=str(dtype).removeprefix("torch."),
-                  device=torch.cuda.get_device_name() if cuda else
-                  f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
-                  batch=args.batch, steps=args.steps, peak_flops=device_peak_flops() if cuda else None)
-    for r in results:  # against the padded random-order run of the same liger / recompute setting
-        ref = next((x for x in results if x["mode"] == "padded" and x["liger"] == r["liger"]
-                    and x["recompute"] == r["recompute"] and x["order"] == args.orders[0]), None)
-        r[f"vs_padded_{args.orders[0]}"] = round(r["real_tokens_per_s"] / ref["real_tokens_per_s"], 3) if ref else None
-    print(json.dumps({**header, "results": results}, indent=2))
+    add_speedups(results, args.orders[0])
+    device_name = torch.cuda.get_device_name() if cuda else \
+        f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+    report = dict(shape="tiny" if args.tiny else "vicuna7b+clipL336", dtype=str(dtype).removeprefix("torch."),
+                  device=device_name, batch=args.batch, steps=args.steps,
+                  peak_flops=device_peak_flops() if cuda else None, results=results)
+    print(json.dumps(report, indent=2))
     if args.json:
-        Path(args.json).write_text(json.dumps({**header, "results": results}, indent=2) + "\n")
+        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ All size maths comes from `llava.anyres`.
 from __future__ import annotations
 
 import base64
+import math
 from io import BytesIO
 
 import numpy as np
@@ -20,8 +21,8 @@ from PIL import Image
 from transformers import StoppingCriteria
 
 from llava import anyres
-from llava.pixel_recipe import TileRecipe
 from llava.constants import DEFAULT_IMAGE_TOKEN, IMAGE_TOKEN_INDEX
+from llava.pixel_recipe import TileRecipe
 
 # ----------------------------------------------------------------------------- text
 
@@ -151,7 +152,25 @@ def expand2square(pil_img: Image.Image, background_color) -> Image.Image:
     return result
 
 
-def process_anyres_image(image, processor, grid_pinpoints) -> torch.Tensor:
+def image_tiles(image, processor, recipe: TileRecipe | None, aspect_ratio: str, pinpoints) -> torch.Tensor:
+    """Pixels of one PIL image for one layout: float32 [num_tiles, 3, s, s].
+
+    The one per-image function behind the dataset and `process_images`:
+    `recipe` is built once from `processor` (`TileRecipe(processor)`, anyres only),
+    `aspect_ratio` is normalised (`anyres`, `pad`, `square`) and `pinpoints`
+    are parsed `[height, width]` pairs (used by anyres only). anyres: the base
+    tile then the grid tiles; pad: one tile, square-padded with the
+    processor's mean colour; square: one tile, the processor alone.
+    """
+    if aspect_ratio == "anyres":
+        return anyres_tiles(image, recipe, pinpoints)
+    if aspect_ratio == "pad":
+        fill = tuple(int(x * 255) for x in processor.image_mean)
+        image = expand2square(to_rgb(image), fill)
+    return processor(image, return_tensors="pt")["pixel_values"]  # (1, 3, s, s)
+
+
+def anyres_tiles(image, recipe: TileRecipe, pinpoints) -> torch.Tensor:
     """Anyres tiles of one PIL image: float32 [num_tiles, 3, s, s], base image first.
 
     The base is the whole image squashed to the processor size; the other
@@ -159,10 +178,8 @@ def process_anyres_image(image, processor, grid_pinpoints) -> torch.Tensor:
     (aspect kept, zero padding centred). Equal to `LlavaNextImageProcessorPil`.
     """
     if not isinstance(image, Image.Image):
-        raise TypeError(f"process_anyres_image expects a PIL image, got {type(image).__name__}")
-    recipe = TileRecipe(processor)
+        raise TypeError(f"anyres tiling expects a PIL image, got {type(image).__name__}")
     tile = recipe.tile
-    pinpoints = anyres.parse_grid_pinpoints(grid_pinpoints, tile)
     rgb = to_rgb(image)
     image_hw = (rgb.height, rgb.width)
     rows, cols = anyres.tile_grid_shape(image_hw, pinpoints, tile)
@@ -189,25 +206,30 @@ def _resized(rgb: Image.Image, hw, resample) -> np.ndarray:
     return np.asarray(rgb.resize((hw[1], hw[0]), resample=resample))
 
 
-def process_images(images, image_processor, model_cfg):
-    """Pixel tensors for a list of PIL images, per `model_cfg.image_aspect_ratio` (LLaVA semantics).
+def process_anyres_image(image, processor, grid_pinpoints) -> torch.Tensor:
+    """LLaVA's entry point: anyres tiles of one PIL image (`anyres_tiles` with a recipe built here)."""
+    recipe = TileRecipe(processor)
+    return anyres_tiles(image, recipe, anyres.parse_grid_pinpoints(grid_pinpoints, recipe.tile))
 
-    anyres: one tiles tensor per image (stacked when all shapes agree); pad:
-    square-padded with the processor's mean colour, then the processor;
-    otherwise: the processor alone.
+
+def process_images(images, image_processor, model_cfg):
+    """LLaVA's entry point: pixel tensors for a list of PIL images, per `model_cfg.image_aspect_ratio`.
+
+    A thin wrapper around `image_tiles`: the config is read and the recipe
+    built once for the list. anyres: one tiles tensor per image (stacked when
+    all shapes agree); pad: `[n, 3, s, s]` square-padded; otherwise the
+    processor on the whole list. A config without the keys means LLaVA's defaults.
     """
     aspect = anyres.normalize_aspect_ratio(getattr(model_cfg, "image_aspect_ratio", None))
-    if aspect == "anyres":
-        pinpoints = getattr(model_cfg, "image_grid_pinpoints", None)
-        out = [process_anyres_image(image, image_processor, pinpoints) for image in images]
-    elif aspect == "pad":
-        fill = tuple(int(x * 255) for x in image_processor.image_mean)
-        out = [
-            image_processor.preprocess(expand2square(to_rgb(image), fill), return_tensors="pt")["pixel_values"][0]
-            for image in images
-        ]
-    else:
+    if aspect == "square":
         return image_processor(images, return_tensors="pt")["pixel_values"]
+    recipe = pinpoints = None
+    if aspect == "anyres":
+        recipe = TileRecipe(image_processor)
+        pinpoints = anyres.parse_grid_pinpoints(getattr(model_cfg, "image_grid_pinpoints", None), recipe.tile)
+    out = [image_tiles(image, image_processor, recipe, aspect, pinpoints) for image in images]
+    if aspect == "pad":
+        out = [x[0] for x in out]  # (3, s, s) each, as LLaVA
     if all(x.shape == out[0].shape for x in out):
         return torch.stack(out, dim=0)
     return out
@@ -221,3 +243,71 @@ def select_best_resolution(original_size, possible_resolutions):
     width, height = original_size
     best_h, best_w = anyres.select_best_resolution((height, width), possible_resolutions)
     return best_w, best_h
+
+
+# ----------------------------------------------------------------------------- LLaVA's other image helpers
+# LLaVA-NeXT's public helpers, kept for scripts that import them. Our own pipeline tiles with
+# `process_anyres_image` above (transformers' arithmetic); these follow LLaVA's, PIL sizes (width, height).
+
+
+def resize_and_pad_image(image: Image.Image, target_resolution) -> Image.Image:
+    """LLaVA's: fit `image` into `target_resolution` (width, height), aspect kept, centred on black.
+
+    The filled side takes the target exactly, the other is rounded up
+    (LLaVA's `math.ceil`, capped at the target); PIL's default resampling.
+    """
+    width, height = image.size
+    target_w, target_h = target_resolution
+    scale_w, scale_h = target_w / width, target_h / height
+    if scale_w < scale_h:
+        new_w, new_h = target_w, min(math.ceil(height * scale_w), target_h)
+    else:
+        new_w, new_h = min(math.ceil(width * scale_h), target_w), target_h
+    canvas = Image.new("RGB", (target_w, target_h), (0, 0, 0))
+    canvas.paste(image.resize((new_w, new_h)), ((target_w - new_w) // 2, (target_h - new_h) // 2))
+    return canvas
+
+
+def divide_to_patches(image: Image.Image, patch_size: int) -> list:
+    """Square crops of `patch_size` (LLaVA's "patches" are our tiles), row-major; edge crops are padded by PIL."""
+    width, height = image.size
+    return [
+        image.crop((left, top, left + patch_size, top + patch_size))
+        for top in range(0, height, patch_size)
+        for left in range(0, width, patch_size)
+    ]
+
+
+def get_anyres_image_grid_shape(image_size, grid_pinpoints, patch_size: int):
+    """LLaVA's return order: (columns, rows) of tiles for PIL `image_size` (width, height).
+
+    `patch_size` is LLaVA's name for the tile size. Pinpoints are read as
+    everywhere here, `[height, width]` (LLaVA reads them as [width, height];
+    see docs/Conversion.md); the range form "(1x1),...,(3x3)" is accepted.
+    """
+    pinpoints = anyres.parse_grid_pinpoints(grid_pinpoints, patch_size)
+    rows, cols = anyres.tile_grid_shape((image_size[1], image_size[0]), pinpoints, patch_size)
+    return cols, rows
+
+
+def process_highres_image(image: Image.Image, processor, grid_pinpoints: str) -> torch.Tensor:
+    """LLaVA-NeXT's "highres" mode: [1 + n*n, 3, s, s] tiles (the squashed image, then a square grid).
+
+    As LLaVA-NeXT does it: the largest size in the comma-separated
+    `grid_pinpoints` is always used; the image is padded to a square with the
+    processor's mean colour, resized to that size, and the n = size // s
+    non-overlapping tiles of side s (the processor's `shortest_edge`) are cut
+    centred in it, row-major.
+    """
+    tile = processor.size["shortest_edge"]
+    side = max(int(x) for x in str(grid_pinpoints).split(","))
+    fill = tuple(int(x * 255) for x in processor.image_mean)
+    padded = expand2square(image, fill).resize((side, side))
+    n = side // tile
+    start = (side - n * tile) // 2
+    tiles = [image.resize((tile, tile))] + [
+        padded.crop((start + c * tile, start + r * tile, start + (c + 1) * tile, start + (r + 1) * tile))
+        for r in range(n)
+        for c in range(n)
+    ]
+    return torch.stack([processor.preprocess(t, return_tensors="pt")["pixel_values"][0] for t in tiles], dim=0)

@@ -76,8 +76,11 @@ def test_unpad_bounds_matches_transformers_unpad_image():
     assert unpad_bounds((2000, 9), (72, 24)) == (0, 72, 12, 0)  # a 9-px-wide image keeps no column
 
 
+NEXT = dict(aspect_ratio="anyres", merge_type="spatial_unpad")  # LLaVA-NeXT's layout
+
+
 def layout(**kwargs):
-    return ImageLayout(tile_size=336, patch_size=14, grid_pinpoints=S336, **kwargs)
+    return ImageLayout(tile_size=336, patch_size=14, grid_pinpoints=S336, **{**NEXT, **kwargs})
 
 
 def test_num_tokens_literals_spatial_unpad():
@@ -101,7 +104,7 @@ def test_num_tokens_other_layouts():
     assert layout(aspect_ratio="pad", merge_type="flat", select_feature="cls_patch").num_tokens((480, 640)) == 577
     assert layout(aspect_ratio="square").num_tiles((480, 640)) == 1
     assert layout(aspect_ratio="pad").grid_shape((480, 640)) == (0, 0)
-    tiny = ImageLayout(tile_size=56, patch_size=14, grid_pinpoints=to_pinpoint_tuple(default_grid_pinpoints(56)))
+    tiny = ImageLayout(tile_size=56, patch_size=14, grid_pinpoints=to_pinpoint_tuple(default_grid_pinpoints(56)), **NEXT)
     assert tiny.num_tokens((480, 640)) == 70  # 16 + 6 rows x (8 + 1)
 
 

@@ -49,6 +49,6 @@ def test_report_and_strict_exit(tmp_path, tiny_clip_dir, capsys):
 def test_percentile_and_layout(tiny_clip_dir):
     assert [check.percentile(list(range(1, 101)), q) for q in (50, 95, 100)] == [50, 95, 100]
     args = check.parse_args(["--data_path", "x", "--model_name_or_path", "y", "--vision_tower", str(tiny_clip_dir)])
-    layout = check.layout_from_args(args)
-    assert (layout.tile_size, layout.patch_size, layout.aspect_ratio) == (56, 14, "anyres")
+    layout = check.check_layout(args)
+    assert (layout.tile_size, layout.patch_size, layout.aspect_ratio, layout.merge_type) == (56, 14, "square", "flat")
     assert layout.grid_pinpoints == ((56, 112), (112, 56), (112, 112), (168, 56), (56, 168))

@@ -2,7 +2,6 @@
 
 import json
 import logging
-from types import SimpleNamespace
 
 import pytest
 from PIL import Image
@@ -13,7 +12,7 @@ from llava.data.dataset import LazySupervisedDataset
 from llava.data.lengths import fit_length
 from llava.data.problems import DataProblem
 
-LAYOUT = ImageLayout(56, 14, to_pinpoint_tuple(default_grid_pinpoints(56)))
+LAYOUT = ImageLayout(56, 14, to_pinpoint_tuple(default_grid_pinpoints(56)), "anyres", "spatial_unpad")
 
 
 def qa(sid, q="<image>\nQ", a="A.", image="ok.jpg", **extra):
@@ -57,9 +56,8 @@ def make(path, folder, tok, strict=False):
     from transformers import CLIPImageProcessorPil
 
     processor = CLIPImageProcessorPil(size={"shortest_edge": 56}, crop_size={"height": 56, "width": 56})
-    args = SimpleNamespace(image_folder=str(folder), strict_data=strict, version="v1", image_processor=processor,
-                           image_layout=LAYOUT, model_max_length=300)
-    return LazySupervisedDataset(str(path), tok, args)
+    return LazySupervisedDataset(str(path), tok, version="v1", max_length=300, layout=LAYOUT,
+                                 image_processor=processor, image_folder=str(folder), strict=strict)
 
 
 def test_every_kind_counted_and_logged(data, tokenizers, caplog):
@@ -73,8 +71,9 @@ def test_every_kind_counted_and_logged(data, tokenizers, caplog):
     assert summary == ["data: kept 3, skipped 8 samples (" + ", ".join(f"{k}=1" for k in BAD) + ")"]
     # the truncated JPEG passes the header scan, fails to decode, is counted and replaced by the next sample
     item = ds[2]
-    assert ds.problems.counts["decode_error"] == 1
+    assert ds.met_in_training.collect().counts["decode_error"] == 1
     assert item["input_ids"].tolist() == ds[0]["input_ids"].tolist()
+    assert "skipped 9 samples" in ds.summary() and "decode_error=1" in ds.summary()
 
 
 @pytest.mark.parametrize("kind", list(BAD))

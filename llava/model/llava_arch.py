@@ -22,7 +22,9 @@ from llava.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
 from llava.model.attention import needs_varlen_kwargs
 from llava.model.projector import build_vision_projector
 from llava.model.splice import pack_image_features, splice_batch, splice_packed, split_images
+from llava.model.vision_lora import add_vision_lora
 from llava.model.vision_tower import build_vision_tower
+from llava.model.weights import load_partial_state
 
 
 def _new_image_newline(hidden: int, like: torch.Tensor | None = None) -> nn.Parameter:
@@ -58,6 +60,12 @@ def flash_varlen_kwargs(position_ids: torch.Tensor) -> dict:
     return dict(cu_seq_lens_q=cu_q, cu_seq_lens_k=cu_k, max_length_q=max_q, max_length_k=max_k)
 
 
+def _check_modalities(modalities) -> None:
+    """LLaVA-NeXT's `modalities=["image", ...]` argument: images are the only modality here."""
+    if modalities is not None and any(m != "image" for m in modalities):
+        raise NotImplementedError(f"modalities {sorted(set(modalities))}: only 'image' is supported")
+
+
 class LlavaMetaModel:
     """Holds `vision_tower`, `mm_projector` and (for *unpad merges) `image_newline`."""
 
@@ -66,6 +74,8 @@ class LlavaMetaModel:
         if getattr(config, "mm_vision_tower", None) is not None:
             # A checkpoint: rebuild from the stored vision config; weights come from the checkpoint.
             self.vision_tower = build_vision_tower(config)
+            if getattr(config, "mm_vision_lora", None):  # absent in checkpoints without tower LoRA
+                add_vision_lora(self.vision_tower, **config.mm_vision_lora)
             self.mm_projector = build_vision_projector(config)
             if "unpad" in (getattr(config, "mm_patch_merge_type", "") or ""):
                 self.image_newline = _new_image_newline(config.hidden_size)
@@ -136,16 +146,16 @@ class LlavaMetaModel:
             self.load_mm_adapter(adapter)
 
     def load_mm_adapter(self, path):
-        """Load `mm_projector.bin` (keys `model.mm_projector.*`, `model.image_newline`)."""
+        """Load `mm_projector.bin` (keys `model.mm_projector.*`, `model.image_newline`), strictly.
+
+        Every projector tensor, and `image_newline` when the merge type uses
+        one, must be in the file with its exact shape; nothing else may be.
+        """
         weights = torch.load(path, map_location="cpu", weights_only=True)
-        prefix = "model.mm_projector."
-        projector = {k[len(prefix) :]: v for k, v in weights.items() if k.startswith(prefix)}
-        if not projector:
-            raise ValueError(f"{path} holds no '{prefix}*' weights; keys: {sorted(weights)[:8]}")
-        self.mm_projector.load_state_dict(projector)
-        if "model.image_newline" in weights and getattr(self, "image_newline", None) is not None:
-            with torch.no_grad():
-                self.image_newline.copy_(weights["model.image_newline"])
+        own = [*(f"model.mm_projector.{n}" for n, _ in self.mm_projector.named_parameters()),
+               *(["model.image_newline"] if getattr(self, "image_newline", None) is not None else [])]
+        load_partial_state(self, weights, f"--pretrain_mm_mlp_adapter {path}", required=own, prefix="model.",
+                           exact=True)
 
 
 class LlavaMetaForCausalLM(ABC):
@@ -262,6 +272,7 @@ class LlavaMetaForCausalLM(ABC):
         the varlen `cu_seq_lens_*` computed once here instead of in every layer.
         """
         past_key_values = kwargs.pop("cache", past_key_values)  # transformers 5's name for it
+        _check_modalities(kwargs.pop("modalities", None))
         if inputs_embeds is None:
             (input_ids, position_ids, attention_mask, past_key_values, inputs_embeds, labels) = (
                 self.prepare_inputs_labels_for_multimodal(
@@ -304,6 +315,7 @@ class LlavaMetaForCausalLM(ABC):
         """
         if "inputs_embeds" in kwargs:
             raise NotImplementedError("pass input_ids (`inputs`), not inputs_embeds, to generate")
+        _check_modalities(kwargs.pop("modalities", None))
         inputs = kwargs.pop("input_ids", inputs)
         position_ids = kwargs.pop("position_ids", None)
         attention_mask = kwargs.pop("attention_mask", None)

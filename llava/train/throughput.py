@@ -22,6 +22,7 @@ from transformers import TrainerCallback
 
 from llava.constants import IMAGE_TOKEN_INDEX
 from llava.model.splice import sample_lengths
+from llava.model.weights import role_ids
 
 # Dense bf16 peak FLOP/s by device-name substring (most specific first).
 PEAK_BF16_FLOPS = (("H100 PCIe", 756e12), ("H100", 989e12), ("H200", 989e12), ("GH200", 989e12), ("A100", 312e12))
@@ -81,8 +82,7 @@ def _numel(p) -> int:
 
 def flops_per_token(model) -> dict[str, float]:
     """Training FLOPs per LLM token and per vision patch (see the module docstring)."""
-    tower = model.get_vision_tower() if hasattr(model, "get_vision_tower") else None
-    tower_ids = {id(p) for p in tower.parameters()} if tower is not None else set()
+    tower_ids = role_ids(model)["vision_tower"]
     llm_total = llm_trainable = tower_total = tower_trainable = 0
     for p in model.parameters():
         n = _numel(p)

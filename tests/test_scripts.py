@@ -450,3 +450,48 @@ def test_slurm_example_runs_the_same_script_on_every_node(fake_bin, tmp_path):
         assert argv[:cut] == ["torchrun", "--nnodes", "2", "--node_rank", str(rank), "--master_addr", "gpu-a",
                               "--master_port", "29500", "--nproc_per_node", "8"]
         assert argv[cut + 1 :] == single[2]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The frozen 4-bit LLM of the single-GPU pretrain (--bits 4 --tune_mm_mlp_adapter True)
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the CPU-only error")
+def test_quantized_pretrain_on_cpu_fails_clearly(fake_bin, tmp_path):
+    from llava.train.arguments import parse_args
+    from llava.train.train import build
+
+    args = flag_values(run_script(fake_bin, "xtuner/llava-llama3-8b/pretrain_quant_gpu1.sh")[2])
+    args = {k: v for k, v in args.items() if k not in HARDWARE_FLAGS}
+    args.update({"--model_name_or_path": str(tmp_path / "missing-llm"), "--output_dir": str(tmp_path), "--use_cpu": "True"})
+    with pytest.raises(RuntimeError, match="--bits 4 .*needs a CUDA GPU"):
+        build(*parse_args([x for pair in args.items() for x in pair]))  # before any loading
+
+
+class _QuantizedStandIn(__import__("torch").nn.Module):
+    """What transformers' Trainer inspects of a bitsandbytes-loaded model."""
+
+    is_quantized = True
+
+    class hf_quantizer:  # noqa: N801 - mirrors the attribute name
+        is_trainable = True
+        is_qat_trainable = False
+
+
+@pytest.mark.parametrize("stage,lora,accepted", [("pretrain", False, True), ("finetune", False, False),
+                                                 ("finetune", True, False)])
+def test_trainer_accepts_a_frozen_quantized_llm_only_under_the_projector(stage, lora, accepted):
+    """Pretrain: the projector is the trainable part on the frozen 4-bit LLM; a finetune needs LoRA (PEFT) as before."""
+    from types import SimpleNamespace
+
+    from transformers.trainer_utils import validate_quantization_for_training
+
+    from llava.train.model_setup import allow_frozen_quantized_llm
+
+    model = _QuantizedStandIn()
+    allow_frozen_quantized_llm(model, SimpleNamespace(tune_mm_mlp_adapter=stage == "pretrain"),
+                               SimpleNamespace(bits=4, lora_enable=lora))
+    if accepted:
+        validate_quantization_for_training(model)
+    else:
+        with pytest.raises(ValueError, match="purely quantized"):
+            validate_quantization_for_training(model)

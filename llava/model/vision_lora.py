@@ -32,6 +32,8 @@ from torch import nn
 
 MODULE_NAME = "vision_lora"
 """Attribute of the VisionTower that holds the branches (and so their checkpoint key prefix)."""
+STATE_PREFIX = f"model.vision_tower.{MODULE_NAME}."
+"""Where the branches are in a LLaVA model's state dict."""
 
 
 class LoRABranch(nn.Module):

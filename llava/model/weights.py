@@ -168,14 +168,17 @@ def file_tensor_shapes(folder, model) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def check_matches_files(model: nn.Module, folder, may_lack: tuple[str, ...] = ()) -> int:
+def check_matches_files(model: nn.Module, folder, may_lack: tuple[str, ...] = (), merged: tuple[str, ...] = ()) -> int:
     """Raise unless the folder's files hold exactly the model's tensors, with its shapes; returns their count.
 
     Tied weights (e.g. `lm_head.weight` when `tie_word_embeddings`) are stored once and not expected.
     `may_lack`: name prefixes the files may omit because they were loaded from elsewhere
     (a reference checkpoint's tower, read from its own folder).
+    `merged`: name prefixes the files hold but the model no longer has, because they were folded
+    into its other weights at load (a vision-tower LoRA); they are not counted.
     """
     files = file_tensor_shapes(folder, model)
+    files = {n: s for n, s in files.items() if not (merged and n.startswith(merged))}
     tied = set(getattr(model, "all_tied_weights_keys", None) or {})
     expected = {name: tuple(t.shape) for name, t in model.state_dict().items() if name not in tied}
     missing = sorted(n for n in set(expected) - set(files) if not n.startswith(may_lack))

@@ -75,7 +75,6 @@ def load_tokenizer(model_args, training_args):
 
 def _model_class(model_name_or_path):
     from llava.model import LlavaLlamaForCausalLM, LlavaQwenForCausalLM
-    from llava.model import reference
 
     kind = reference.model_type(model_name_or_path)  # also a reference checkpoint's "llava" type
     return LlavaQwenForCausalLM if kind == "llava_qwen" else LlavaLlamaForCausalLM
@@ -99,6 +98,7 @@ def _share_process_group_with_deepspeed(training_args) -> None:
 
 def load_model(model_args, training_args):
     """The LLaVA model class for the folder's LLM family, loaded (maybe quantized) with its weights."""
+    from llava.model import reference
     from llava.model.attention import resolve_attn_implementation
     from llava.train.lora import quantization_kwargs
 
@@ -192,3 +192,18 @@ def set_trainable(model, model_args, training_args) -> None:
         tower.requires_grad_(bool(training_args.unfreeze_mm_vision_tower) and not pretrain)
         if has_vision_lora(tower):  # the tower's weights stay frozen, its LoRA branches train
             getattr(tower, VISION_LORA).requires_grad_(not pretrain)
+
+
+def allow_frozen_quantized_llm(model, model_args, training_args) -> None:
+    """--bits 4/8 with --tune_mm_mlp_adapter True: a frozen quantized LLM under a trainable projector.
+
+    transformers' Trainer refuses to train a quantized model unless adapters
+    are attached to it ("purely quantized models"), recognising adapters by a
+    PEFT wrapper or by `_hf_peft_config_loaded`. In the pretrain stage the
+    trainable part on top of the frozen quantized LLM is the projector
+    (XTuner's single-GPU pretrain), so the model is marked as carrying one.
+    The flag also makes transformers' `save_pretrained` write adapters only;
+    the pretrain stage never calls it (it saves `mm_projector.bin`).
+    """
+    if training_args.bits in (4, 8) and model_args.tune_mm_mlp_adapter and not training_args.lora_enable:
+        model._hf_peft_config_loaded = True

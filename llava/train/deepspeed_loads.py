@@ -17,6 +17,9 @@ import torch
 def deepspeed_safe_globals() -> list:
     """Classes DeepSpeed's model and optimizer states hold besides tensors and containers (allow-listed).
 
+    Found by loading ZeRO-2 and ZeRO-3 bf16 states (tests/test_checkpoint_deepspeed.py): the optimizer
+    shards hold a `LossScaler`, `ZeroStageEnum` and `fragment_address`; fp16 runs hold a `DynamicLossScaler`.
+
     Imported here, not at the top: deepspeed is only imported by runs that use it.
     """
     from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler

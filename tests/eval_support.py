@@ -16,8 +16,27 @@ from llava.demo.data import COLOURS, QUESTION, draw_sample
 GRID = [[56, 112], [112, 56], [112, 112], [168, 56], [56, 168]]  # the quick start's pinpoints
 
 
-def build_checkpoint(dst: Path, llm_dir: Path, tower_dir: Path, tokenizer, seed: int = 0) -> Path:
-    """A full checkpoint folder as the quick start's finetune writes it (random weights)."""
+def answer_then_stop(model, tokenizer, word: str = "red") -> None:
+    """Make a random tiny model answer `word` and stop, whatever it is asked (greedy).
+
+    LLaVA's scripts generate up to 1024 tokens, which a random model fills
+    (minutes on CPU). Every token embedding gets a shared direction c, the
+    answer token -c; the head reads c as "say `word`" and -c as "stop", and
+    these dominate the small random rest of the model.
+    """
+    (answer,) = tokenizer(word, add_special_tokens=False).input_ids[-1:]
+    embed, head = model.get_input_embeddings().weight, model.get_output_embeddings().weight
+    with torch.no_grad():
+        c = torch.randn(embed.shape[1], generator=torch.Generator().manual_seed(1))
+        c = c / c.norm()
+        embed.add_(c)
+        embed[answer] = -c
+        head[answer] = 50 * c
+        head[tokenizer.eos_token_id] = -50 * c
+
+
+def build_checkpoint(dst: Path, llm_dir: Path, tower_dir: Path, tokenizer, seed: int = 0, stop: bool = False) -> Path:
+    """A full checkpoint folder as the quick start's finetune writes it (random weights; see `answer_then_stop`)."""
     from llava.model import LlavaLlamaForCausalLM
 
     model = LlavaLlamaForCausalLM.from_pretrained(llm_dir, dtype=torch.float32)
@@ -29,6 +48,8 @@ def build_checkpoint(dst: Path, llm_dir: Path, tower_dir: Path, tokenizer, seed:
     torch.manual_seed(seed)
     model.get_model().initialize_vision_modules(args)
     model.config.tokenizer_model_max_length = 512
+    if stop:
+        answer_then_stop(model, tokenizer)
     dst = Path(dst)
     model.save_pretrained(dst)
     tokenizer.save_pretrained(dst)

@@ -15,6 +15,7 @@ import torch
 from llava.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
 from llava.data.collator import DataCollatorForPackedSequences, DataCollatorForSupervisedDataset
 from llava.model import LlavaLlamaForCausalLM, LlavaQwenForCausalLM
+from llava.model.attention import PACKED_SDPA
 from llava.model.llava_arch import is_packed
 from test_model_splice import make_model, tiles_for
 
@@ -59,8 +60,8 @@ def _loss_and_grads(model, batch, n_items):
     return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
-@pytest.mark.parametrize("stage", ["pretrain", "finetune"])
-@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+@pytest.mark.parametrize("stage, attn", [("pretrain", "sdpa"), ("finetune", "sdpa"), ("finetune", "eager"),
+                                         ("pretrain", PACKED_SDPA), ("finetune", PACKED_SDPA)])
 def test_packed_loss_and_grads_equal_padded(model, stage, attn):
     model.set_attn_implementation(attn)
     inner = model.get_model()
@@ -95,7 +96,9 @@ def _sample_spans(model, batch):
 
 
 @torch.no_grad()
-def test_packed_logits_equal_padded_rows_and_samples_are_isolated(model):
+@pytest.mark.parametrize("attn", ["sdpa", PACKED_SDPA])
+def test_packed_logits_equal_padded_rows_and_samples_are_isolated(model, attn):
+    model.set_attn_implementation(attn)
     layout = model.get_image_layout()
     instances = make_instances(layout)
     padded = DataCollatorForSupervisedDataset(TOKENIZER)(instances)
@@ -117,6 +120,7 @@ def test_packed_logits_equal_padded_rows_and_samples_are_isolated(model):
     for b, (start, end) in enumerate(spans):
         same = torch.equal(logits_changed[0, start:end], logits_pack[0, start:end])
         assert same == (b != 1), b  # the others bit-identical; the changed sample's own logits differ
+    model.set_attn_implementation("sdpa")
 
 
 def test_packed_labels_ignore_each_sample_start():
@@ -125,3 +129,18 @@ def test_packed_labels_ignore_each_sample_start():
     assert batch["input_ids"].tolist() == [[1, 5, 6, 2, 7]]
     assert batch["position_ids"].tolist() == [[0, 1, 2, 0, 1]]
     assert batch["labels"].tolist() == [[IGNORE_INDEX, 5, 6, IGNORE_INDEX, 7]]  # 6 never learns to predict 2
+
+
+@torch.no_grad()
+def test_packed_sdpa_without_cu_seqlens_reads_position_ids(model):
+    """The inner LLM called directly with packed position_ids (no cu_seq_lens) still keeps samples apart."""
+    model.set_attn_implementation(PACKED_SDPA)
+    try:
+        ids = torch.tensor([[1, 5, 6, 7, 1, 8, 9]])
+        positions = torch.tensor([[0, 1, 2, 3, 0, 1, 2]])
+        packed = model.get_model()(input_ids=ids, position_ids=positions, use_cache=False).last_hidden_state
+        first = model.get_model()(input_ids=ids[:, :4], use_cache=False).last_hidden_state
+        second = model.get_model()(input_ids=ids[:, 4:], use_cache=False).last_hidden_state
+        torch.testing.assert_close(packed, torch.cat([first, second], dim=1), rtol=1e-5, atol=1e-6)
+    finally:
+        model.set_attn_implementation("sdpa")

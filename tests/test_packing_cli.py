@@ -6,6 +6,7 @@ and a padding_share of 0.
 """
 
 import ast
+import logging
 import shutil
 
 import pytest
@@ -68,3 +69,29 @@ def test_finetune_packed_losses_equal_padded_and_resume_exact(tiny_llama_dir, ti
     a, b = load_file(tmp_path / "packed" / "model.safetensors"), load_file(copy / "model.safetensors")
     for key in a:
         torch.testing.assert_close(b[key], a[key], rtol=0, atol=1e-5, msg=key)
+
+
+def test_use_liger_kernel_without_liger_warns_once_and_trains(tiny_llama_dir, tiny_clip_dir, data, tmp_path, caplog):
+    from llava.model.fused_loss import liger_unavailable_reason
+
+    if liger_unavailable_reason() is None:
+        pytest.skip("liger-kernel and a GPU are present")
+    with caplog.at_level(logging.WARNING):
+        trainer = train(argv=pretrain_argv(tiny_llama_dir, tiny_clip_dir, data, tmp_path / "out", save_strategy="no",
+                                           max_steps=1, use_liger_kernel=True, packing=True))
+    assert trainer.state.global_step == 1
+    liger = [r for r in caplog.records if "liger" in r.getMessage().lower() and r.levelno >= logging.WARNING]
+    assert len(liger) == 1 and liger_unavailable_reason() in liger[0].getMessage()
+
+
+def test_lora_packed_losses_equal_padded(tiny_llama_dir, tiny_clip_dir, data, tmp_path):
+    projector = tmp_path / "mm_projector.bin"
+    train(argv=pretrain_argv(tiny_llama_dir, tiny_clip_dir, data, tmp_path / "pre", save_strategy="no", max_steps=1))
+    shutil.copy(tmp_path / "pre" / "mm_projector.bin", projector)
+    flags = dict(lora_enable=True, lora_r=4, lora_alpha=8, learning_rate=1e-3, max_steps=2, save_strategy="no")
+    runs = [train(argv=finetune_argv(tiny_llama_dir, tiny_clip_dir, data, tmp_path / name, projector, packing=packing,
+                                     **flags)) for name, packing in (("padded", False), ("packed", True))]
+    a, b = (_logs(t) for t in runs)
+    assert len(a) == len(b) == 2
+    for x, y in zip(a, b):
+        assert abs(x["loss"] - y["loss"]) <= 1e-4 * max(1.0, abs(x["loss"])), (x, y)

@@ -21,6 +21,7 @@ import json
 import math
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -100,35 +101,50 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def main(argv=None) -> int:
-    """Exit 0: training can start on this data; 1: an empty dataset, or any problem with --strict; 2: bad setup."""
-    args = parse_args(argv)
-    try:
-        get_conversation_template(args.version)
-    except ValueError as err:
-        print(f"error: --version: {err}", file=sys.stderr)
-        return 2
+@dataclass
+class CheckResult:
+    """What one check pass found: the records read, the entries training would keep, every length."""
+
+    n_samples: int
+    """Samples in the files (bad JSONL lines included)."""
+    entries: list
+    """`ScanEntry` of each usable sample, with its exact length."""
+    problems: ProblemLog
+    """Counts and first ids of every problem kind."""
+    all_lengths: list
+    """Untruncated length of every sample that could be tokenised."""
+
+
+def run(args) -> CheckResult:
+    """The check pass for parsed flags; raises ValueError/OSError for a setup or file error."""
+    get_conversation_template(args.version)  # an unknown --version fails here, as in training
     tokenizer = AutoTokenizer.from_pretrained(args.model_name_or_path)
     layout = check_layout(args)
-    started = time.perf_counter()
     problems, all_lengths = ProblemLog(strict=False), []
-    try:
-        records = load_records(args.data_path, args.image_folder, problems)
-    except (OSError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    records = load_records(args.data_path, args.image_folder, problems)
     if layout is None and any(isinstance(r.sample, dict) and r.sample.get("image") for r in records):
-        print("error: the data has images; pass --vision_tower (or a LLaVA checkpoint)", file=sys.stderr)
-        return 2
+        raise ValueError("the data has images; pass --vision_tower (or a LLaVA checkpoint)")
     entries = scan_records(records, tokenizer, args.version, layout, args.model_max_length, problems,
                            workers=args.workers, progress=not args.no_progress, all_lengths=all_lengths,
                            decode=not args.headers_only)
-    n_samples = len(records) + problems.counts["bad_json_line"]
-    print(report(n_samples, entries, problems, all_lengths, args.model_max_length, time.perf_counter() - started))
-    if not entries:
+    return CheckResult(len(records) + problems.counts["bad_json_line"], entries, problems, all_lengths)
+
+
+def main(argv=None) -> int:
+    """Exit 0: training can start on this data; 1: an empty dataset, or any problem with --strict; 2: bad setup."""
+    args = parse_args(argv)
+    started = time.perf_counter()
+    try:
+        found = run(args)
+    except (OSError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(report(found.n_samples, found.entries, found.problems, found.all_lengths, args.model_max_length,
+                 time.perf_counter() - started))
+    if not found.entries:
         print("error: no usable sample: training would stop at start", file=sys.stderr)
         return 1
-    return 1 if args.strict and problems.total else 0
+    return 1 if args.strict and found.problems.total else 0
 
 
 if __name__ == "__main__":

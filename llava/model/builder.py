@@ -27,8 +27,6 @@ from llava.model.vision_lora import merge_model_vision_lora
 
 # Modules that stay unquantised under bitsandbytes (built inside our model, unlike LLaVA's separate tower).
 QUANTIZATION_SKIP_MODULES = ["vision_tower", "mm_projector", "lm_head"]
-# Parameter-name prefixes a base LLM folder lacks; they come from the tower folder and the partial file.
-MULTIMODAL_PREFIXES = ("model.mm_projector.", "model.image_newline", "model.vision_tower.")
 
 
 def _as_dtype(torch_dtype) -> torch.dtype:
@@ -122,7 +120,7 @@ def _load_into(model, path: Path, what: str):
 
 def _check_loading_info(info: dict, folder, may_lack=()) -> None:
     """Refuse what `from_pretrained` would only report: missing (re-initialised), unexpected or mismatched tensors."""
-    missing = sorted(k for k in info.get("missing_keys", ()) if not k.startswith(tuple(may_lack)))
+    missing = sorted(set(info.get("missing_keys", ())) - set(may_lack))
     problems = {"missing": missing, "unexpected": sorted(info.get("unexpected_keys", ())),
                 "wrong shape": sorted(map(str, info.get("mismatched_keys", ())))}
     found = [f"{kind} {names[:8]}" for kind, names in problems.items() if names]
@@ -158,7 +156,8 @@ def _from_base(model_path: Path, model_base, model_name, load_kwargs):
     base_vocab = AutoConfig.from_pretrained(model_base).vocab_size
     target_vocab, config.vocab_size = config.vocab_size, base_vocab
     model, info = cls.from_pretrained(model_base, config=config, output_loading_info=True, **load_kwargs)
-    _check_loading_info(info, model_base, may_lack=MULTIMODAL_PREFIXES)
+    # A base LLM folder lacks only the multimodal weights: the tower folder and the partial file provide them.
+    _check_loading_info(info, model_base, may_lack=[n for named in param_roles(model).values() for n, _ in named])
     if target_vocab != base_vocab:
         model.resize_token_embeddings(target_vocab)
     reference.load_tower_from_folder(model, getattr(config, "mm_vision_tower", None))

@@ -19,11 +19,12 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from llava.anyres import ImageLayout, normalize_aspect_ratio, parse_grid_pinpoints
 from llava.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
+from llava.model.attention import needs_varlen_kwargs
 from llava.model.projector import build_vision_projector
 from llava.model.splice import pack_image_features, splice_batch, splice_packed, split_images
 from llava.model.vision_lora import add_vision_lora
 from llava.model.vision_tower import build_vision_tower
-from llava.model.weights import load_partial_state
+from llava.model.weights import load_partial_state, param_roles
 
 
 def _new_image_newline(hidden: int, like: torch.Tensor | None = None) -> nn.Parameter:
@@ -151,8 +152,7 @@ class LlavaMetaModel:
         one, must be in the file with its exact shape; nothing else may be.
         """
         weights = torch.load(path, map_location="cpu", weights_only=True)
-        own = [*(f"model.mm_projector.{n}" for n, _ in self.mm_projector.named_parameters()),
-               *(["model.image_newline"] if getattr(self, "image_newline", None) is not None else [])]
+        own = [name for name, _ in param_roles(self)["projector"]]
         load_partial_state(self, weights, f"--pretrain_mm_mlp_adapter {path}", required=own, prefix="model.",
                            exact=True)
 
@@ -262,26 +262,15 @@ class LlavaMetaForCausalLM(ABC):
 
     # forward / generate live here so every wrapper shares them: the mixin comes
     # first in each wrapper's bases, and `super()` reaches the LLM's own methods.
-    def forward(
-        self,
-        input_ids=None,
-        attention_mask=None,
-        position_ids=None,
-        past_key_values=None,
-        inputs_embeds=None,
-        labels=None,
-        use_cache=None,
-        images=None,
-        image_sizes=None,
-        return_dict=None,
-        **kwargs,
-    ):
+    def forward(self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None, inputs_embeds=None,
+                labels=None, use_cache=None, images=None, image_sizes=None, return_dict=None, **kwargs):
         """The LLM's forward after the splice; `kwargs` (num_items_in_batch, logits_to_keep, ...) pass through.
 
         A packed batch runs without a cache (a cache turns off transformers'
-        packed-sequence mask) and, under flash-attention, with the varlen
-        `cu_seq_lens_*` computed once here instead of in every layer.
+        packed-sequence mask) and, under flash-attention or `PACKED_SDPA`, with
+        the varlen `cu_seq_lens_*` computed once here instead of in every layer.
         """
+        past_key_values = kwargs.pop("cache", past_key_values)  # transformers 5's name for it
         _check_modalities(kwargs.pop("modalities", None))
         if inputs_embeds is None:
             (input_ids, position_ids, attention_mask, past_key_values, inputs_embeds, labels) = (
@@ -291,12 +280,12 @@ class LlavaMetaForCausalLM(ABC):
             )
         if is_packed(position_ids, attention_mask) and not _is_decoding(past_key_values):
             use_cache = False
-            if "flash" in (getattr(self.config, "_attn_implementation", None) or ""):
+            if needs_varlen_kwargs(self.config._attn_implementation):
                 kwargs.update(flash_varlen_kwargs(position_ids))
         if return_dict is not None:
             kwargs["return_dict"] = return_dict
         inputs = dict(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                      past_key_values=past_key_values, inputs_embeds=inputs_embeds, use_cache=use_cache)
+                      cache=past_key_values, inputs_embeds=inputs_embeds, use_cache=use_cache)
         if self.fused_linear_loss is not None and labels is not None:
             return self._forward_fused_loss(inputs, labels, **kwargs)
         return super().forward(labels=labels, **inputs, **kwargs)
@@ -314,7 +303,7 @@ class LlavaMetaForCausalLM(ABC):
         targets = nn.functional.pad(labels, (0, 1), value=IGNORE_INDEX)[:, 1:]  # [B, T], shifted left
         loss = self.fused_linear_loss(hidden.reshape(-1, hidden.shape[-1]), self.lm_head.weight,
                                       targets.reshape(-1).to(hidden.device), num_items_in_batch)
-        return CausalLMOutputWithPast(loss=loss, logits=None, past_key_values=getattr(outputs, "past_key_values", None))
+        return CausalLMOutputWithPast(loss=loss, logits=None, cache=outputs.cache)
 
     @torch.no_grad()
     def generate(self, inputs=None, images=None, image_sizes=None, **kwargs):

@@ -21,7 +21,10 @@ import struct
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
 from torch import nn
+from transformers.conversion_mapping import get_model_conversion_mapping
+from transformers.core_model_loading import WeightRenaming, rename_source_key
 
 PROJECTOR_FILE = "mm_projector.bin"
 """Pretrain stage output: `model.mm_projector.*` and `model.image_newline` (LLaVA's name)."""
@@ -46,7 +49,8 @@ def param_roles(model: nn.Module) -> dict[str, list[tuple[str, nn.Parameter]]]:
     Names are the outer model's (`model.mm_projector.0.weight`,
     `model.image_newline`, `model.vision_tower.*`).
     """
-    inner = unwrap_peft(model).get_model()
+    base = unwrap_peft(model)
+    inner = base.get_model() if hasattr(base, "get_model") else base  # the outer LLaVA model or its inner one
     projector = getattr(inner, "mm_projector", None)
     named = [(f"model.mm_projector.{n}", p) for n, p in projector.named_parameters()] if projector is not None else []
     newline = getattr(inner, "image_newline", None)
@@ -147,9 +151,6 @@ def weight_files(folder) -> list[Path]:
 
 def _renamer(model):
     """key -> the model's own name, with the renames `from_pretrained` applies (e.g. CLIP's `vision_model.` level)."""
-    from transformers.conversion_mapping import get_model_conversion_mapping
-    from transformers.core_model_loading import WeightRenaming, rename_source_key
-
     conversions = get_model_conversion_mapping(model, add_legacy=False)
     renamings = [c for c in conversions if isinstance(c, WeightRenaming)]
     if len(renamings) != len(conversions):
@@ -198,8 +199,6 @@ def load_full_checkpoint(model: nn.Module, folder) -> None:
     level that the in-memory modules lack, so the tower would silently stay
     at its initial weights. Keys are renamed as `from_pretrained` does.
     """
-    from safetensors.torch import load_file
-
     check_matches_files(model, folder)
     rename = _renamer(model)
     state = {}

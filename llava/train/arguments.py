@@ -148,11 +148,8 @@ class TrainingArguments(transformers.TrainingArguments):
         default=False,
         metadata={"help": "Batches hold only image or only text samples, grouped by length (LLaVA's sampler)."},
     )
-    packing: bool = field(
-        default=False,
-        metadata={"help": "Padding-free batches: each micro-batch's samples concatenated in one row, positions "
-                  "restarting per sample, attention kept within each sample (docs/Packing.md). Same loss, no padding."},
-    )
+    packing: bool = field(default=False, metadata={"help": "Padding-free batches: each micro-batch in one row, "
+                          "attention kept within each sample (docs/Packing.md); same loss, no padding."})
     attn_implementation: str | None = field(
         default=None,
         metadata={"help": "LLM attention: flash_attention_2, sdpa or eager; default sdpa (train_mem.py: flash_attention_2, "

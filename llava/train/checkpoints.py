@@ -30,7 +30,13 @@ from pathlib import Path
 
 import torch
 
-from llava.model.weights import NON_LORA_FILE, PROJECTOR_FILE, SAFE_WEIGHTS_FILE, SAFE_WEIGHTS_INDEX_FILE, safetensors_shapes
+from llava.model.weights import (
+    NON_LORA_FILE,
+    PROJECTOR_FILE,
+    SAFE_WEIGHTS_FILE,
+    SAFE_WEIGHTS_INDEX_FILE,
+    safetensors_shapes,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -77,6 +83,8 @@ class ResumeContract:
     """Samples kept after filtering (len of the training dataset)."""
     dataset_fingerprint: str
     """`dataset_fingerprint` of the training dataset."""
+    packing: bool = False
+    """--packing: samples packed into rows change what each step holds."""
 
     @classmethod
     def of_run(cls, args, dataset) -> ResumeContract:
@@ -89,6 +97,7 @@ class ResumeContract:
             group_by_modality_length=bool(getattr(args, "group_by_modality_length", False)),
             dataset_size=len(dataset) if dataset is not None else 0,
             dataset_fingerprint=dataset_fingerprint(dataset) if dataset is not None else "",
+            packing=bool(getattr(args, "packing", False)),
         )
 
     def differences(self, now: ResumeContract) -> list[str]:
@@ -238,6 +247,27 @@ def newest_complete(output_dir, report: bool = True) -> Path | None:
         raise RuntimeError(f"{output_dir} holds checkpoints but none is complete ({[p.name for p in skipped]}); "
                            "repair or remove them, or pass --resume_from_checkpoint")
     return None
+
+
+def check_resume(folder, layout: CheckpointLayout, contract: ResumeContract) -> str:
+    """Raise unless `folder` is complete, of `layout` and of `contract`; returns the resume line to print."""
+    folder = Path(folder)
+    problems = checkpoint_problems(folder)
+    if problems:
+        raise ValueError(f"cannot resume from {folder}: " + "; ".join(problems))
+    theirs, old = read_resume_file(folder)
+    if (theirs.stage, theirs.lora, theirs.deepspeed) != (layout.stage, layout.lora, layout.deepspeed):
+        raise ValueError(f"cannot resume from {folder}: it was written by a {theirs} run; this one is {layout}")
+    changed = old.differences(contract)
+    if changed:
+        raise ValueError(
+            f"cannot resume from {folder} exactly: {'; '.join(changed)}. The order of the samples depends on "
+            "these; resume with the checkpoint's values, or train into a new --output_dir.")
+    state = json.loads((folder / TRAINER_STATE_FILE).read_text())
+    return (f"resuming from {folder.name}: step {state.get('global_step')}, epoch {state.get('epoch') or 0:.3g}; "
+            f"{old.world_size} process(es) x batch {old.per_device_train_batch_size} x accumulation "
+            f"{old.gradient_accumulation_steps}, {old.dataset_size} samples (fingerprint {old.dataset_fingerprint}, "
+            f"seed {old.seed})")
 
 
 def publish(staging: Path, final: Path) -> None:

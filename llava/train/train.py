@@ -57,6 +57,7 @@ def build(model_args, data_args, training_args):
     allow_frozen_quantized_llm(model, model_args, training_args)
     from llava.data import make_supervised_data_module
     from llava.data.collator import DataCollatorForPackedSequences
+    from llava.model.attention import use_packed_attention
     from llava.model.fused_loss import enable_liger_kernel
     from llava.train.llava_trainer import trains_llm
 
@@ -67,6 +68,7 @@ def build(model_args, data_args, training_args):
     )
     if training_args.packing:
         data_module["data_collator"] = DataCollatorForPackedSequences(tokenizer)  # docs/Packing.md
+        use_packed_attention(model)  # sdpa -> per-sample sdpa; flash-attn runs varlen as it is
     if training_args.use_liger_kernel:
         enable_liger_kernel(model)  # our wrappers' own path; warns and trains plainly without liger-kernel or a GPU
         training_args.use_liger_kernel = False  # the Trainer's own call knows only plain HF model types

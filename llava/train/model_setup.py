@@ -98,7 +98,6 @@ def _share_process_group_with_deepspeed(training_args) -> None:
 
 def load_model(model_args, training_args):
     """The LLaVA model class for the folder's LLM family, loaded (maybe quantized) with its weights."""
-    from llava.model import reference
     from llava.model.attention import resolve_attn_implementation
     from llava.train.lora import quantization_kwargs
 

@@ -10,6 +10,8 @@ import logging
 
 import torch
 
+from llava.model import reference
+
 logger = logging.getLogger(__name__)
 
 # Pad candidates for tokenizers without pad and unk (Llama 3 has neither): reserved ids that never occur in text.
@@ -69,7 +71,6 @@ def load_tokenizer(model_args, training_args):
 
 def _model_class(model_name_or_path):
     from llava.model import LlavaLlamaForCausalLM, LlavaQwenForCausalLM
-    from llava.model import reference
 
     kind = reference.model_type(model_name_or_path)  # also a reference checkpoint's "llava" type
     return LlavaQwenForCausalLM if kind == "llava_qwen" else LlavaLlamaForCausalLM

@@ -136,6 +136,7 @@ def test_continues_training(tmp_path, ours, tiny_clip_dir):
     from train_support import changed, finetune_argv, make_data, snapshot
 
     ref = to_reference(ours, tmp_path / "ref", "llava", keep_tower=False)
+    (ref / "tokenizer.model").write_bytes(sentencepiece_model(tmp_path))
     data = make_data(tmp_path / "data")
     argv = finetune_argv(ref, tiny_clip_dir, data, tmp_path / "out", ref / "mm_projector.bin", max_steps=4,
                          save_strategy="no", warmup_ratio=0)  # 8 samples: every step has a nonzero lr
@@ -148,4 +149,16 @@ def test_continues_training(tmp_path, ours, tiny_clip_dir):
     trainer = train(argv=argv)
     trained = changed(before, trainer.model)
     assert {"lm_head.weight", "model.mm_projector.2.weight", "model.layers.0.mlp.up_proj.weight"} <= trained, trained
+    assert (tmp_path / "out" / "tokenizer.model").read_bytes() == (ref / "tokenizer.model").read_bytes()
+
+
+def sentencepiece_model(tmp_path) -> bytes:
+    """A small real SentencePiece model (the reference folders' tokenizer.model)."""
+    import sentencepiece as spm
+
+    text = tmp_path / "spm.txt"
+    text.write_text("\n".join(["what colour is the shape", "a red square and a blue circle"] * 20))
+    spm.SentencePieceTrainer.train(input=str(text), model_prefix=str(tmp_path / "spm"), vocab_size=30,
+                                   model_type="bpe", minloglevel=2)
+    return (tmp_path / "spm.model").read_bytes()
 

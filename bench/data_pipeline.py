@@ -19,7 +19,6 @@ import random
 import tempfile
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 
 def build(root: Path, n: int, seed: int = 0) -> Path:
@@ -58,6 +57,7 @@ def main():
     p = argparse.ArgumentParser()
     p.add_argument("--samples", type=int, default=10000, help="synthetic samples (90%% with an image)")
     p.add_argument("--getitem", type=int, default=300, help="samples loaded through __getitem__")
+    p.add_argument("--headers_only", action="store_true", help="check without decoding pixels (the check's --headers_only)")
     args = p.parse_args()
 
     import torch
@@ -75,7 +75,9 @@ def main():
         print(f"built {args.samples} samples in {time.perf_counter() - t0:.1f} s")
         argv = ["--data_path", str(root / "data.json"), "--image_folder", str(root / "images"),
                 "--model_name_or_path", str(vendored_tokenizer_dir("llama2")), "--version", "v1",
-                "--model_max_length", "4096", "--vision_tower", str(root / "clip336"), "--no_progress"]
+                "--model_max_length", "4096", "--vision_tower", str(root / "clip336"), "--no_progress",
+                "--image_aspect_ratio", "anyres", "--mm_patch_merge_type", "spatial_unpad"]
+        argv += ["--headers_only"] if args.headers_only else []
         t0 = time.perf_counter()
         check.main(argv)
         dt = time.perf_counter() - t0
@@ -84,10 +86,9 @@ def main():
 
         tok = load_vendored_tokenizer("llama2")
         processor = CLIPImageProcessorPil(size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336})
-        data_args = SimpleNamespace(image_folder=str(root / "images"), strict_data=False, version="v1",
-                                    image_processor=processor, model_max_length=4096,
-                                    image_layout=ImageLayout(336, 14, to_pinpoint_tuple(default_grid_pinpoints(336))))
-        ds = LazySupervisedDataset(str(root / "data.json"), tok, data_args)
+        layout = ImageLayout(336, 14, to_pinpoint_tuple(default_grid_pinpoints(336)), "anyres", "spatial_unpad")
+        ds = LazySupervisedDataset(str(root / "data.json"), tok, version="v1", max_length=4096, layout=layout,
+                                   image_processor=processor, image_folder=str(root / "images"))
         n = min(args.getitem, len(ds))
         ds[0]
         t0 = time.perf_counter()

@@ -22,6 +22,12 @@ ASPECT_RATIOS = ("anyres", "pad", "square")
 MERGE_TYPES = ("flat", "spatial", "spatial_unpad")
 SELECT_FEATURES = ("patch", "cls_patch")
 
+# LLaVA's defaults when a flag or a config key is absent (one image squashed, features flat). The training
+# arguments, the preflight check and model configs without these keys all take them from here.
+DEFAULT_ASPECT_RATIO = "square"
+DEFAULT_MERGE_TYPE = "flat"
+DEFAULT_SELECT_FEATURE = "patch"
+
 
 def default_grid_pinpoints(tile_size: int) -> list[list[int]]:
     """LLaVA-NeXT's five grids (1x2, 2x1, 2x2, 3x1, 1x3 tiles) for a tile size."""
@@ -122,11 +128,11 @@ class ImageLayout:
     """Side in pixels of the ViT's patch (14); `tile_size // patch_size` patches per tile side."""
     grid_pinpoints: tuple[tuple[int, int], ...]
     """Allowed anyres canvases as `(height, width)` pixel pairs, multiples of `tile_size`."""
-    aspect_ratio: str = "anyres"
+    aspect_ratio: str = DEFAULT_ASPECT_RATIO
     """LLaVA's `image_aspect_ratio`: `anyres` tiles; `pad` pads to square; `square` squashes."""
-    merge_type: str = "spatial_unpad"
+    merge_type: str = DEFAULT_MERGE_TYPE
     """LLaVA's `mm_patch_merge_type`: `spatial_unpad` (grid, unpadded, newline per row), `spatial`, `flat`."""
-    select_feature: str = "patch"
+    select_feature: str = DEFAULT_SELECT_FEATURE
     """LLaVA's `mm_vision_select_feature`: `patch` drops CLS, `cls_patch` keeps it (CLIP only)."""
 
     def __post_init__(self):
@@ -184,18 +190,34 @@ class ImageLayout:
         return per_tile + rows * cols * n * n
 
     @classmethod
-    def from_config(cls, config) -> "ImageLayout":
-        """Layout of a LLaVA model config (ours stores the tower geometry in `mm_vision_config`)."""
-        vision = config.mm_vision_config
+    def from_args(cls, vision: dict, aspect_ratio, grid_pinpoints, merge_type, select_feature) -> "ImageLayout":
+        """The layout for a vision config dict (`image_size`, `patch_size`) and LLaVA's four layout settings.
+
+        The one derivation every caller uses: training (`--image_aspect_ratio`,
+        `--image_grid_pinpoints`, `--mm_patch_merge_type`, `--mm_vision_select_feature`),
+        the preflight check (same flags) and model configs (same names). None
+        means LLaVA's default (`DEFAULT_*`); aspect ratios are normalised and
+        pinpoints parsed for the tower's tile size.
+        """
         tile = int(vision["image_size"])
         return cls(
             tile_size=tile,
             patch_size=int(vision["patch_size"]),
-            grid_pinpoints=to_pinpoint_tuple(parse_grid_pinpoints(getattr(config, "image_grid_pinpoints", None), tile)),
-            aspect_ratio=normalize_aspect_ratio(getattr(config, "image_aspect_ratio", "anyres")),
-            merge_type=getattr(config, "mm_patch_merge_type", "spatial_unpad") or "spatial_unpad",
-            select_feature=getattr(config, "mm_vision_select_feature", "patch") or "patch",
+            grid_pinpoints=to_pinpoint_tuple(parse_grid_pinpoints(grid_pinpoints, tile)),
+            aspect_ratio=normalize_aspect_ratio(aspect_ratio),
+            merge_type=merge_type or DEFAULT_MERGE_TYPE,
+            select_feature=select_feature or DEFAULT_SELECT_FEATURE,
         )
+
+    @classmethod
+    def from_config(cls, config) -> "ImageLayout":
+        """Layout of a LLaVA model config (ours stores the tower geometry in `mm_vision_config`).
+
+        Keys a config lacks (LLaVA-1.5 configs predate `mm_patch_merge_type`)
+        mean LLaVA's defaults, as in LLaVA's own code.
+        """
+        names = ("image_aspect_ratio", "image_grid_pinpoints", "mm_patch_merge_type", "mm_vision_select_feature")
+        return cls.from_args(config.mm_vision_config, *(getattr(config, name, None) for name in names))
 
 
 def to_pinpoint_tuple(pinpoints) -> tuple[tuple[int, int], ...]:
@@ -204,7 +226,9 @@ def to_pinpoint_tuple(pinpoints) -> tuple[tuple[int, int], ...]:
 
 def normalize_aspect_ratio(value) -> str:
     """Map LLaVA's spellings onto ours: None/'square'/'resize' -> square, 'anyres*' -> anyres."""
-    if value in (None, "", "square", "resize"):
+    if value in (None, ""):
+        return DEFAULT_ASPECT_RATIO
+    if value in ("square", "resize"):
         return "square"
     if str(value).startswith("anyres"):
         return "anyres"

@@ -17,5 +17,11 @@ CONTROLLER_HEART_BEAT_EXPIRATION = 30
 WORKER_HEART_BEAT_INTERVAL = 15
 LOGDIR = "."
 
+DEFAULT_VERSION = "v0"
+"""`--version` when none is given (LLaVA's default; shared by train.py's arguments and the preflight check)."""
+
+DEFAULT_MODEL_MAX_LENGTH = 512
+"""`--model_max_length` when none is given (shared by train.py's arguments and the preflight check)."""
+
 IMAGE_PLACEHOLDER = "<image-placeholder>"
 """LLaVA's `run_llava.py` spelling for where the image goes in a `--query` (replaced by `<image>`)."""

@@ -21,8 +21,8 @@ from PIL import Image
 from transformers import StoppingCriteria
 
 from llava import anyres
-from llava.pixel_recipe import TileRecipe
 from llava.constants import DEFAULT_IMAGE_TOKEN, IMAGE_TOKEN_INDEX
+from llava.pixel_recipe import TileRecipe
 
 # ----------------------------------------------------------------------------- text
 
@@ -152,7 +152,25 @@ def expand2square(pil_img: Image.Image, background_color) -> Image.Image:
     return result
 
 
-def process_anyres_image(image, processor, grid_pinpoints) -> torch.Tensor:
+def image_tiles(image, processor, recipe: TileRecipe | None, aspect_ratio: str, pinpoints) -> torch.Tensor:
+    """Pixels of one PIL image for one layout: float32 [num_tiles, 3, s, s].
+
+    The one per-image function behind the dataset and `process_images`:
+    `recipe` is built once from `processor` (`TileRecipe(processor)`, anyres only),
+    `aspect_ratio` is normalised (`anyres`, `pad`, `square`) and `pinpoints`
+    are parsed `[height, width]` pairs (used by anyres only). anyres: the base
+    tile then the grid tiles; pad: one tile, square-padded with the
+    processor's mean colour; square: one tile, the processor alone.
+    """
+    if aspect_ratio == "anyres":
+        return anyres_tiles(image, recipe, pinpoints)
+    if aspect_ratio == "pad":
+        fill = tuple(int(x * 255) for x in processor.image_mean)
+        image = expand2square(to_rgb(image), fill)
+    return processor(image, return_tensors="pt")["pixel_values"]  # (1, 3, s, s)
+
+
+def anyres_tiles(image, recipe: TileRecipe, pinpoints) -> torch.Tensor:
     """Anyres tiles of one PIL image: float32 [num_tiles, 3, s, s], base image first.
 
     The base is the whole image squashed to the processor size; the other
@@ -160,10 +178,8 @@ def process_anyres_image(image, processor, grid_pinpoints) -> torch.Tensor:
     (aspect kept, zero padding centred). Equal to `LlavaNextImageProcessorPil`.
     """
     if not isinstance(image, Image.Image):
-        raise TypeError(f"process_anyres_image expects a PIL image, got {type(image).__name__}")
-    recipe = TileRecipe(processor)
+        raise TypeError(f"anyres tiling expects a PIL image, got {type(image).__name__}")
     tile = recipe.tile
-    pinpoints = anyres.parse_grid_pinpoints(grid_pinpoints, tile)
     rgb = to_rgb(image)
     image_hw = (rgb.height, rgb.width)
     rows, cols = anyres.tile_grid_shape(image_hw, pinpoints, tile)
@@ -190,25 +206,30 @@ def _resized(rgb: Image.Image, hw, resample) -> np.ndarray:
     return np.asarray(rgb.resize((hw[1], hw[0]), resample=resample))
 
 
-def process_images(images, image_processor, model_cfg):
-    """Pixel tensors for a list of PIL images, per `model_cfg.image_aspect_ratio` (LLaVA semantics).
+def process_anyres_image(image, processor, grid_pinpoints) -> torch.Tensor:
+    """LLaVA's entry point: anyres tiles of one PIL image (`anyres_tiles` with a recipe built here)."""
+    recipe = TileRecipe(processor)
+    return anyres_tiles(image, recipe, anyres.parse_grid_pinpoints(grid_pinpoints, recipe.tile))
 
-    anyres: one tiles tensor per image (stacked when all shapes agree); pad:
-    square-padded with the processor's mean colour, then the processor;
-    otherwise: the processor alone.
+
+def process_images(images, image_processor, model_cfg):
+    """LLaVA's entry point: pixel tensors for a list of PIL images, per `model_cfg.image_aspect_ratio`.
+
+    A thin wrapper around `image_tiles`: the config is read and the recipe
+    built once for the list. anyres: one tiles tensor per image (stacked when
+    all shapes agree); pad: `[n, 3, s, s]` square-padded; otherwise the
+    processor on the whole list. A config without the keys means LLaVA's defaults.
     """
     aspect = anyres.normalize_aspect_ratio(getattr(model_cfg, "image_aspect_ratio", None))
-    if aspect == "anyres":
-        pinpoints = getattr(model_cfg, "image_grid_pinpoints", None)
-        out = [process_anyres_image(image, image_processor, pinpoints) for image in images]
-    elif aspect == "pad":
-        fill = tuple(int(x * 255) for x in image_processor.image_mean)
-        out = [
-            image_processor.preprocess(expand2square(to_rgb(image), fill), return_tensors="pt")["pixel_values"][0]
-            for image in images
-        ]
-    else:
+    if aspect == "square":
         return image_processor(images, return_tensors="pt")["pixel_values"]
+    recipe = pinpoints = None
+    if aspect == "anyres":
+        recipe = TileRecipe(image_processor)
+        pinpoints = anyres.parse_grid_pinpoints(getattr(model_cfg, "image_grid_pinpoints", None), recipe.tile)
+    out = [image_tiles(image, image_processor, recipe, aspect, pinpoints) for image in images]
+    if aspect == "pad":
+        out = [x[0] for x in out]  # (3, s, s) each, as LLaVA
     if all(x.shape == out[0].shape for x in out):
         return torch.stack(out, dim=0)
     return out

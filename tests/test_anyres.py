@@ -1,6 +1,7 @@
 """llava.anyres: literal values, and agreement with transformers' own LlavaNext helpers."""
 
 import itertools
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -76,8 +77,11 @@ def test_unpad_bounds_matches_transformers_unpad_image():
     assert unpad_bounds((2000, 9), (72, 24)) == (0, 72, 12, 0)  # a 9-px-wide image keeps no column
 
 
+NEXT = dict(aspect_ratio="anyres", merge_type="spatial_unpad")  # LLaVA-NeXT's layout
+
+
 def layout(**kwargs):
-    return ImageLayout(tile_size=336, patch_size=14, grid_pinpoints=S336, **kwargs)
+    return ImageLayout(tile_size=336, patch_size=14, grid_pinpoints=S336, **{**NEXT, **kwargs})
 
 
 def test_num_tokens_literals_spatial_unpad():
@@ -101,7 +105,7 @@ def test_num_tokens_other_layouts():
     assert layout(aspect_ratio="pad", merge_type="flat", select_feature="cls_patch").num_tokens((480, 640)) == 577
     assert layout(aspect_ratio="square").num_tiles((480, 640)) == 1
     assert layout(aspect_ratio="pad").grid_shape((480, 640)) == (0, 0)
-    tiny = ImageLayout(tile_size=56, patch_size=14, grid_pinpoints=to_pinpoint_tuple(default_grid_pinpoints(56)))
+    tiny = ImageLayout(tile_size=56, patch_size=14, grid_pinpoints=to_pinpoint_tuple(default_grid_pinpoints(56)), **NEXT)
     assert tiny.num_tokens((480, 640)) == 70  # 16 + 6 rows x (8 + 1)
 
 
@@ -120,3 +124,17 @@ def test_normalize_aspect_ratio_spellings():
     assert [normalize_aspect_ratio(v) for v in (None, "", "square", "resize", "anyres", "anyres_max_9", "pad")] == [
         "square", "square", "square", "square", "anyres", "anyres", "pad",
     ]
+
+
+def test_layout_from_args_and_config_share_llava_defaults():
+    vision = {"image_size": 56, "patch_size": 14}
+    absent = ImageLayout.from_config(SimpleNamespace(mm_vision_config=vision))  # e.g. a LLaVA-1.5 config
+    assert (absent.aspect_ratio, absent.merge_type, absent.select_feature) == ("square", "flat", "patch")
+    assert absent == ImageLayout.from_args(vision, None, None, None, None) == ImageLayout(
+        56, 14, to_pinpoint_tuple(default_grid_pinpoints(56)))
+    given = ImageLayout.from_args(vision, "anyres_max_9", "(1x1),...,(2x2)", "spatial_unpad", "patch")
+    assert given == ImageLayout(56, 14, ((56, 56), (56, 112), (112, 56), (112, 112)), "anyres", "spatial_unpad")
+    config = SimpleNamespace(mm_vision_config=vision, image_aspect_ratio="anyres_max_9",
+                             image_grid_pinpoints=[[56, 56], [56, 112], [112, 56], [112, 112]],
+                             mm_patch_merge_type="spatial_unpad", mm_vision_select_feature="patch")
+    assert ImageLayout.from_config(config) == given

@@ -127,3 +127,70 @@ def test_quantised_or_cuda_loading_without_gpu_fails_clearly(tmp_path, tiny_llam
             load_pretrained_model(tiny_llama_dir, None, "llava", device="cuda:0")  # explicit; the defaults fall back to the CPU
     with pytest.raises(ValueError, match="unknown torch_dtype 'float17'"):
         load_pretrained_model(tiny_llama_dir, None, "llava", device="cpu", torch_dtype="float17")
+
+
+def _tamper(folder, how):
+    """Edit a saved model.safetensors: drop, add or reshape one tensor; returns the tensor's name."""
+    from safetensors.torch import load_file, save_file
+
+    weights = load_file(folder / "model.safetensors")
+    key = {"missing": "model.mm_projector.2.weight", "extra": "model.mm_projector.9.weight",
+           "shape": "model.mm_projector.0.bias", "llm": "model.layers.1.mlp.up_proj.weight"}[how]
+    if how in ("missing", "llm"):
+        del weights[key]
+    elif how == "extra":
+        weights[key] = torch.zeros(4, 4)
+    else:
+        weights[key] = weights[key][:-1].clone()
+    save_file(weights, folder / "model.safetensors", metadata={"format": "pt"})
+    return key
+
+
+@pytest.mark.parametrize("how", ["missing", "extra", "shape", "llm"])
+def test_full_checkpoint_with_a_wrong_tensor_is_refused(how, tmp_path, reference, tokenizers):
+    reference.save_pretrained(tmp_path)
+    tokenizers("llama2").save_pretrained(tmp_path)
+    key = _tamper(tmp_path, how)
+    with pytest.raises(ValueError, match=r"weight files do not match") as err:
+        load_pretrained_model(tmp_path, None, "llava-tiny", **CPU)
+    assert key in str(err.value)
+    kind = {"missing": "missing", "llm": "missing", "extra": "extra", "shape": "wrong shape"}[how]
+    assert f"{kind} [" in str(err.value)
+
+
+@pytest.mark.parametrize("how", ["no-newline", "shape", "extra"])
+def test_projector_file_with_a_wrong_tensor_is_refused(how, tmp_path, reference, tiny_llama_dir):
+    reference.config.save_pretrained(tmp_path)
+    weights = {f"model.mm_projector.{k}": v for k, v in reference.get_model().mm_projector.state_dict().items()}
+    weights["model.image_newline"] = reference.get_model().image_newline.detach()
+    if how == "no-newline":
+        del weights["model.image_newline"]
+    elif how == "shape":
+        weights["model.mm_projector.2.bias"] = weights["model.mm_projector.2.bias"][:1]  # would broadcast
+    else:
+        weights["model.layers.0.mlp.up_proj.weight"] = torch.zeros(1)
+    torch.save(weights, tmp_path / "mm_projector.bin")
+    expected = {"no-newline": r"lacks \['model.image_newline'\]", "shape": r"model.mm_projector.2.bias \(1,\)",
+                "extra": r"does not have: \['model.layers.0.mlp.up_proj.weight'\]"}[how]
+    with pytest.raises((KeyError, ValueError), match=expected):
+        load_pretrained_model(tmp_path, tiny_llama_dir, "llava-tiny-pretrain", **CPU)
+
+
+def test_pretrain_adapter_is_loaded_strictly(tmp_path, reference, tiny_llama_dir, tiny_clip_dir):
+    """--pretrain_mm_mlp_adapter: no missing image_newline (spatial_unpad needs it), no broadcast, nothing extra."""
+    good = {f"model.mm_projector.{k}": v.clone() for k, v in reference.get_model().mm_projector.state_dict().items()}
+    good["model.image_newline"] = torch.randn_like(reference.get_model().image_newline)
+    torch.save(good, tmp_path / "good.bin")
+    inner = make_llava(tiny_llama_dir, tiny_clip_dir).get_model()
+    inner.load_mm_adapter(tmp_path / "good.bin")
+    assert torch.equal(inner.image_newline.detach(), good["model.image_newline"])
+    cases = {
+        "no_newline": ({k: v for k, v in good.items() if k != "model.image_newline"}, r"lacks \['model.image_newline'\]"),
+        "shape": ({**good, "model.mm_projector.0.bias": good["model.mm_projector.0.bias"][:1]},
+                  r"model.mm_projector.0.bias \(1,\) vs model \(64,\)"),
+        "extra": ({**good, "model.norm.weight": torch.ones(64)}, r"does not have: \['model.norm.weight'\]"),
+    }
+    for name, (weights, message) in cases.items():
+        torch.save(weights, tmp_path / f"{name}.bin")
+        with pytest.raises((KeyError, ValueError), match=message):
+            inner.load_mm_adapter(tmp_path / f"{name}.bin")

@@ -202,3 +202,39 @@ def test_chat_cli_streams_the_same_reply_from_both_folders(converted, tmp_path, 
         assert len(turns) == 2, out
         replies[name] = turns
     assert replies["ours"] == replies["hf"]
+
+
+@pytest.mark.parametrize("how", ["missing", "extra", "shape"])
+def test_converter_refuses_a_checkpoint_whose_files_do_not_match(how, tmp_path, tiny_llama_dir, tiny_clip_dir, capsys):
+    """from_pretrained would re-initialise a missing tensor and ignore an extra one; the converter counts the files."""
+    from llava.export.convert import main
+
+    src = make_checkpoint(tmp_path / "ckpt", tiny_llama_dir, tiny_clip_dir, "llama")
+    weights = load_file(src / "model.safetensors")
+    key = {"missing": "model.mm_projector.0.weight", "extra": "model.mm_projector.4.bias",
+           "shape": "model.layers.0.self_attn.q_proj.weight"}[how]
+    if how == "missing":
+        del weights[key]
+    elif how == "extra":
+        weights[key] = torch.zeros(3)
+    else:
+        weights[key] = weights[key][:, :-1].clone()
+    save_file(weights, src / "model.safetensors", metadata={"format": "pt"})
+    assert main(["--model-path", str(src), "--output-dir", str(tmp_path / "hf")]) == 1
+    err = capsys.readouterr().err
+    assert "convert: FAILED" in err and key in err
+    assert not (tmp_path / "hf" / "model.safetensors").exists()
+
+
+@pytest.mark.parametrize("converted", ["qwen2-siglip"], indirect=True)
+def test_check_refuses_a_converted_folder_missing_a_tensor(converted, tmp_path):
+    import shutil
+
+    bad = tmp_path / "bad"
+    shutil.copytree(converted.dst, bad)
+    weights = load_file(bad / "model.safetensors")
+    (key,) = [k for k in weights if k.endswith("image_newline")]
+    del weights[key]
+    save_file(weights, bad / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(ValueError, match=r"missing \['model.image_newline'\]"):
+        compare_with_hf(converted.model, converted.tokenizer, converted.image_processor, bad, converted.conv_mode)

@@ -14,7 +14,7 @@ from llava.data.dataset import LazySupervisedDataset, make_supervised_data_modul
 from llava.data.sources import load_records, sample_subset
 from llava.mm_utils import process_anyres_image
 
-LAYOUT = ImageLayout(56, 14, to_pinpoint_tuple(default_grid_pinpoints(56)))
+LAYOUT = ImageLayout(56, 14, to_pinpoint_tuple(default_grid_pinpoints(56)), "anyres", "spatial_unpad")
 SIZES = {"wide.jpg": (120, 50), "tall.png": (40, 130), "square.jpg": (64, 64)}  # PIL (width, height)
 
 
@@ -43,12 +43,10 @@ def qa(q, a, image=None, sid=None):
     return out
 
 
-def args(processor, folder, data_path="unused", **kw):
-    base = dict(data_path=str(data_path), image_folder=str(folder), image_aspect_ratio="anyres",
-                image_grid_pinpoints=None, is_multimodal=True, strict_data=False, version="v1",
-                image_processor=processor, image_layout=LAYOUT, model_max_length=2048)
-    base.update(kw)
-    return SimpleNamespace(**base)
+def dataset(data_path, tokenizer, processor, folder, **kw):
+    """The dataset with explicit inputs: the tiny anyres layout, its processor, v1, 2048 tokens unless overridden."""
+    base = dict(version="v1", max_length=2048, layout=LAYOUT, image_processor=processor, image_folder=str(folder))
+    return LazySupervisedDataset(str(data_path), tokenizer, **{**base, **kw})
 
 
 def write_json(path, samples, jsonl=False):
@@ -103,7 +101,9 @@ def test_items_multi_image_text_only_and_collator(tmp_path, folder, processor, t
         qa("No marker here", "Marker added.", image="square.jpg", sid="nomarker"),
     ]
     data = write_json(tmp_path / "d.json", samples)
-    module = make_supervised_data_module(tok, args(processor, folder, data))
+    data_args = SimpleNamespace(data_path=str(data), image_folder=str(folder), strict_data=False)  # what the user passed
+    module = make_supervised_data_module(tok, data_args, version="v1", layout=LAYOUT, image_processor=processor,
+                                         model_max_length=2048)
     ds = module["train_dataset"]
     assert module["eval_dataset"] is None and len(ds) == 4
     items = [ds[i] for i in range(4)]
@@ -154,9 +154,8 @@ def test_modality_lengths(tmp_path, folder, processor, tokenizers, kind):
     text = [qa("Q" * (i + 1), "A") for i in range(3)]
     samples = {"image": image, "text": text, "mixed": image + text}[kind]
     data = write_json(tmp_path / "m.json", samples)
-    layout_args = {} if kind != "text" else dict(image_layout=None, image_processor=None)
-    ds = LazySupervisedDataset(str(data), tokenizers("qwen2"), args(processor, folder, data, version="qwen_2",
-                                                                   **layout_args))
+    layout_args = {} if kind != "text" else dict(layout=None, image_processor=None)
+    ds = dataset(data, tokenizers("qwen2"), processor, folder, version="qwen_2", **layout_args)
     signs = [x > 0 for x in ds.modality_lengths]
     assert signs == [bool(s.get("image")) for s in samples]
     assert [abs(x) for x in ds.modality_lengths] == ds.lengths and all(x > 0 for x in ds.lengths)
@@ -167,8 +166,7 @@ def test_modality_lengths(tmp_path, folder, processor, tokenizers, kind):
 def test_text_only_overflow_is_truncated_image_overflow_dropped(tmp_path, folder, processor, tokenizers):
     samples = [qa("Q", "long " * 400, sid="t"), qa("<image>\nQ", "long " * 400, image="wide.jpg", sid="i")]
     data = write_json(tmp_path / "o.json", samples)
-    ds = LazySupervisedDataset(str(data), tokenizers("qwen2"), args(processor, folder, data, version="qwen_2",
-                                                                   model_max_length=200))
+    ds = dataset(data, tokenizers("qwen2"), processor, folder, version="qwen_2", max_length=200)
     assert len(ds) == 1 and ds.lengths == [200] and ds.problems.counts["over_length"] == 1
     item = ds[0]
     assert item["input_ids"].shape == (200,) and (item["labels"] != IGNORE_INDEX).sum() > 100

@@ -6,8 +6,6 @@ and `train.py` tells it when the LLM is frozen.
 """
 
 import json
-from types import SimpleNamespace
-
 import pytest
 from PIL import Image
 from transformers import CLIPImageProcessorPil
@@ -35,13 +33,12 @@ def mixed(tmp_path):
 
 
 def _dataset(folder, tokenizer, require_images, strict=False):
-    args = SimpleNamespace(
-        image_folder=str(folder), strict_data=strict, version="v1", model_max_length=512,
+    return LazySupervisedDataset(
+        str(folder / "d.json"), tokenizer, version="v1", max_length=512, image_folder=str(folder), strict=strict,
         image_processor=CLIPImageProcessorPil(size={"shortest_edge": 56}, crop_size={"height": 56, "width": 56}),
-        image_layout=ImageLayout(56, 14, to_pinpoint_tuple(default_grid_pinpoints(56))),
+        layout=ImageLayout(56, 14, to_pinpoint_tuple(default_grid_pinpoints(56)), "anyres", "spatial_unpad"),
         require_images=require_images,
     )
-    return LazySupervisedDataset(str(folder / "d.json"), tokenizer, args)
 
 
 def test_text_only_skipped_and_counted_when_llm_frozen(mixed, tokenizers):

@@ -95,7 +95,8 @@ def check_one(image, family, s, tokenizer):
     assert got.dtype == torch.float32 and got.shape == expected.shape, (image.size, image.mode, got.shape, expected.shape)
     torch.testing.assert_close(got, expected, atol=1e-4, rtol=0)
 
-    layout = ImageLayout(tile_size=s, patch_size=14, grid_pinpoints=to_pinpoint_tuple(pinpoints))
+    layout = ImageLayout(tile_size=s, patch_size=14, grid_pinpoints=to_pinpoint_tuple(pinpoints),
+                         aspect_ratio="anyres", merge_type="spatial_unpad")
     image_hw = (image.height, image.width)
     assert layout.num_tiles(image_hw) == expected.shape[0]
     assert layout.num_tokens(image_hw) == int((out["input_ids"] == hf.image_token_id).sum())

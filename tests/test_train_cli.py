@@ -27,6 +27,7 @@ def test_cli_pretrain_then_finetune_then_generate(tiny_llama_dir, tiny_clip_dir,
                                                      gradient_checkpointing=True, tf32=True,
                                                      report_to="tensorboard"), cwd=tmp_path)
     assert "tokens_per_second" in log and "padding_share" in log
+    assert "data: kept 8, skipped 0 samples (at the end of training; replaced while loading: 0)" in log  # default level
     assert list((pre / "runs").rglob("events.out.tfevents.*"))  # --report_to tensorboard, offline
     assert sorted(torch.load(pre / "mm_projector.bin", weights_only=True)) == [
         "model.image_newline", "model.mm_projector.0.bias", "model.mm_projector.0.weight",

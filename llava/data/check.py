@@ -2,12 +2,16 @@
 
     python -m llava.data.check --data_path mix665k.json --image_folder ./data \\
         --model_name_or_path ./vicuna-7b --version v1 --model_max_length 4096 \\
-        --vision_tower ./clip-vit-large-patch14-336 --image_aspect_ratio anyres
+        --vision_tower ./clip-vit-large-patch14-336 --image_aspect_ratio anyres \\
+        --mm_patch_merge_type spatial_unpad
 
-It runs exactly the pass the training dataset runs at start
-(`lengths.scan_records`: image headers only, batched tokenisation) and
-reports the problems per kind with the first sample ids, the token-length
-distribution and the share over the limit. `--strict` exits non-zero on any problem.
+It runs the pass the training dataset runs at start (`lengths.scan_records`:
+batched tokenisation, the same image layout, `llava.vision_config.layout_from_args`),
+with train.py's defaults for every shared flag, and also decodes every image
+(`--headers_only` skips that), which training does only when it loads a
+sample. It reports the problems per kind with the first sample ids, the
+token-length distribution and the share over the limit. `--strict` exits
+non-zero on any problem; an empty dataset always fails, as training would.
 """
 
 from __future__ import annotations
@@ -17,34 +21,28 @@ import json
 import math
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 
-from llava.anyres import (
-    ImageLayout,
-    normalize_aspect_ratio,
-    parse_grid_pinpoints,
-    to_pinpoint_tuple,
-)
+from transformers import AutoTokenizer
+
+from llava.anyres import DEFAULT_ASPECT_RATIO, DEFAULT_MERGE_TYPE, DEFAULT_SELECT_FEATURE, ImageLayout
+from llava.constants import DEFAULT_MODEL_MAX_LENGTH, DEFAULT_VERSION
+from llava.conversation import get_conversation_template
 from llava.data.lengths import scan_records
-from llava.vision_config import read_vision_config
 from llava.data.problems import PROBLEM_KINDS, ProblemLog
 from llava.data.sources import load_records
+from llava.vision_config import layout_from_args
 
 
-def layout_from_args(args) -> ImageLayout | None:
-    """The image layout from --vision_tower's folder, else from a LLaVA checkpoint's config; None if neither."""
+def check_layout(args) -> ImageLayout | None:
+    """The image layout from --vision_tower's folder and the layout flags (as train.py derives it).
+
+    Without --vision_tower, a LLaVA checkpoint's own config; None if neither.
+    """
     if args.vision_tower:
-        vision = read_vision_config(args.vision_tower)
-        tile = int(vision["image_size"])
-        return ImageLayout(
-            tile_size=tile,
-            patch_size=int(vision["patch_size"]),
-            grid_pinpoints=to_pinpoint_tuple(parse_grid_pinpoints(args.image_grid_pinpoints, tile)),
-            aspect_ratio=normalize_aspect_ratio(args.image_aspect_ratio),
-            merge_type=args.mm_patch_merge_type,
-            select_feature=args.mm_vision_select_feature,
-        )
+        return layout_from_args(args, args)
     config_path = Path(args.model_name_or_path) / "config.json"
     if config_path.is_file():
         config = json.loads(config_path.read_text())
@@ -83,43 +81,70 @@ def report(n_records, entries, problems, all_lengths, max_length, seconds) -> st
 
 
 def parse_args(argv=None):
+    """The check's flags; the shared ones have train.py's names and defaults (taken from the same constants)."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data_path", required=True, help="LLaVA .json list, .jsonl, or .yaml mixture")
     p.add_argument("--image_folder", default=None, help="folder that relative image paths are joined to")
     p.add_argument("--model_name_or_path", required=True, help="local folder with the LLM's tokenizer")
-    p.add_argument("--version", default="v1", help="conversation template (LLaVA's --version)")
-    p.add_argument("--model_max_length", type=int, default=None, help="sequence limit (default: tokenizer's)")
+    p.add_argument("--version", default=DEFAULT_VERSION, help="conversation template (LLaVA's --version)")
+    p.add_argument("--model_max_length", type=int, default=DEFAULT_MODEL_MAX_LENGTH, help="sequence limit")
     p.add_argument("--vision_tower", default=None, help="local CLIP/SigLIP folder: tile and patch size")
-    p.add_argument("--image_aspect_ratio", default="anyres", help="anyres, pad or square")
+    p.add_argument("--image_aspect_ratio", default=DEFAULT_ASPECT_RATIO, help="anyres, pad or square")
     p.add_argument("--image_grid_pinpoints", default=None, help="anyres grids; default LLaVA-NeXT's five")
-    p.add_argument("--mm_patch_merge_type", default="spatial_unpad", help="flat, spatial or spatial_unpad")
-    p.add_argument("--mm_vision_select_feature", default="patch", help="patch or cls_patch")
-    p.add_argument("--workers", type=int, default=None, help="threads reading image headers")
+    p.add_argument("--mm_patch_merge_type", default=DEFAULT_MERGE_TYPE, help="flat, spatial or spatial_unpad")
+    p.add_argument("--mm_vision_select_feature", default=DEFAULT_SELECT_FEATURE, help="patch or cls_patch")
+    p.add_argument("--workers", type=int, default=None, help="threads reading (and decoding) images")
+    p.add_argument("--headers_only", action="store_true",
+                   help="read image headers only (faster; misses files truncated after a valid header)")
     p.add_argument("--strict", action="store_true", help="exit non-zero on any problem")
     p.add_argument("--no_progress", action="store_true", help="hide the progress bars")
     return p.parse_args(argv)
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
-    from transformers import AutoTokenizer
+@dataclass
+class CheckResult:
+    """What one check pass found: the records read, the entries training would keep, every length."""
 
+    n_samples: int
+    """Samples in the files (bad JSONL lines included)."""
+    entries: list
+    """`ScanEntry` of each usable sample, with its exact length."""
+    problems: ProblemLog
+    """Counts and first ids of every problem kind."""
+    all_lengths: list
+    """Untruncated length of every sample that could be tokenised."""
+
+
+def run(args) -> CheckResult:
+    """The check pass for parsed flags; raises ValueError/OSError for a setup or file error."""
+    get_conversation_template(args.version)  # an unknown --version fails here, as in training
     tokenizer = AutoTokenizer.from_pretrained(args.model_name_or_path)
-    max_length = args.model_max_length or tokenizer.model_max_length
-    if not max_length or max_length > 10**8:
-        print("error: pass --model_max_length (the tokenizer sets no real limit)", file=sys.stderr)
-        return 2
-    layout = layout_from_args(args)
-    started = time.perf_counter()
-    records = load_records(args.data_path, args.image_folder)
+    layout = check_layout(args)
     problems, all_lengths = ProblemLog(strict=False), []
+    records = load_records(args.data_path, args.image_folder, problems)
     if layout is None and any(isinstance(r.sample, dict) and r.sample.get("image") for r in records):
-        print("error: the data has images; pass --vision_tower (or a LLaVA checkpoint)", file=sys.stderr)
+        raise ValueError("the data has images; pass --vision_tower (or a LLaVA checkpoint)")
+    entries = scan_records(records, tokenizer, args.version, layout, args.model_max_length, problems,
+                           workers=args.workers, progress=not args.no_progress, all_lengths=all_lengths,
+                           decode=not args.headers_only)
+    return CheckResult(len(records) + problems.counts["bad_json_line"], entries, problems, all_lengths)
+
+
+def main(argv=None) -> int:
+    """Exit 0: training can start on this data; 1: an empty dataset, or any problem with --strict; 2: bad setup."""
+    args = parse_args(argv)
+    started = time.perf_counter()
+    try:
+        found = run(args)
+    except (OSError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
         return 2
-    entries = scan_records(records, tokenizer, args.version, layout, max_length, problems,
-                           workers=args.workers, progress=not args.no_progress, all_lengths=all_lengths)
-    print(report(len(records), entries, problems, all_lengths, max_length, time.perf_counter() - started))
-    return 1 if args.strict and problems.total else 0
+    print(report(found.n_samples, found.entries, found.problems, found.all_lengths, args.model_max_length,
+                 time.perf_counter() - started))
+    if not found.entries:
+        print("error: no usable sample: training would stop at start", file=sys.stderr)
+        return 1
+    return 1 if args.strict and found.problems.total else 0
 
 
 if __name__ == "__main__":

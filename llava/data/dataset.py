@@ -5,59 +5,71 @@ image headers only, batched tokenisation), so bad samples are skipped and
 counted before training starts, and the exact length of every kept sample is
 known for `group_by_modality_length`. `__getitem__` then tokenises one sample
 and decodes its pixels. A pixel decode failure there (a file whose header was
-fine) is counted and the sample is replaced by the next good one, so every
-rank and every restart sees the same substitution.
+fine) is logged at once, counted across DataLoader worker processes
+(`SharedProblems`), and the sample is replaced by the next good one, so every
+rank and every restart sees the same substitution. `log_summary()` reports
+both at the end of training.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from types import SimpleNamespace
 
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from llava.anyres import ImageLayout
 from llava.conversation import get_conversation_template
 from llava.data.collator import DataCollatorForSupervisedDataset
 from llava.data.lengths import ScanEntry, fit_length, image_tokens, prepare_sample, scan_records
 from llava.data.preprocess import conversation_segments, encode_segments
-from llava.data.problems import DataProblem, ProblemLog, is_main_process
+from llava.data.problems import DataProblem, ProblemLog, SharedProblems, is_main_process
 from llava.data.sources import load_records
-from llava.mm_utils import process_images
+from llava.mm_utils import image_tiles
+from llava.pixel_recipe import TileRecipe
 
 logger = logging.getLogger(__name__)
 
 
-def resolve_max_length(tokenizer, data_args) -> int:
-    """`data_args.model_max_length`, else the tokenizer's (LLaVA's `--model_max_length`)."""
-    value = getattr(data_args, "model_max_length", None) or getattr(tokenizer, "model_max_length", None)
+def resolve_max_length(tokenizer, max_length: int | None = None) -> int:
+    """`max_length`, else the tokenizer's `model_max_length` (LLaVA's `--model_max_length` sets both)."""
+    value = max_length or tokenizer.model_max_length
     if not value or value > 10**8:
         raise ValueError("model_max_length is not set: pass --model_max_length (the tokenizer has no real limit)")
     return int(value)
 
 
 class LazySupervisedDataset(Dataset):
-    """Samples as `dict(input_ids, labels, images, image_sizes)` (docs/Architecture.md)."""
+    """Samples as `dict(input_ids, labels, images, image_sizes)` (docs/Architecture.md).
 
-    def __init__(self, data_path, tokenizer, data_args):
+    Every input is explicit:
+    - `version`: the conversation template (`--version`);
+    - `max_length`: the sequence limit (`--model_max_length`);
+    - `layout`, `image_processor`: how images become tiles and tokens (None
+      for text-only data; image samples then raise);
+    - `image_folder`: what relative image paths are joined to;
+    - `strict`: raise at the first bad sample instead of skipping and counting;
+    - `require_images`: text-only samples are a problem (no LLM weight trains).
+    """
+
+    def __init__(self, data_path, tokenizer, *, version: str, max_length: int, layout: ImageLayout | None = None,
+                 image_processor=None, image_folder: str | None = None, strict: bool = False,
+                 require_images: bool = False):
         super().__init__()
-        self.tokenizer = tokenizer
-        self.data_args = data_args
-        self.version = getattr(data_args, "version", None) or "v1"
-        get_conversation_template(self.version)  # unknown --version fails here, not at step 1
-        self.layout = getattr(data_args, "image_layout", None)
-        self.max_length = resolve_max_length(tokenizer, data_args)
-        self.problems = ProblemLog(strict=bool(getattr(data_args, "strict_data", False)))
+        get_conversation_template(version)  # unknown --version fails here, not at step 1
+        self.tokenizer, self.version, self.max_length = tokenizer, version, int(max_length)
+        self.layout, self.image_processor = layout, image_processor
+        self.recipe = _tile_recipe(layout, image_processor)
+        self.problems = ProblemLog(strict=strict)
+        self.met_in_training = SharedProblems()
         started = time.perf_counter()
-        self.records = load_records(data_path, getattr(data_args, "image_folder", None))
-        entries = scan_records(self.records, tokenizer, self.version, self.layout, self.max_length, self.problems,
-                               require_images=bool(getattr(data_args, "require_images", False)))
-        if any(e.image_paths for e in entries) and (
-            self.layout is None or getattr(data_args, "image_processor", None) is None
-        ):
-            raise ValueError(f"{data_path} has image samples but data_args has no image_layout/image_processor "
+        self.records = load_records(data_path, image_folder, self.problems)
+        entries = scan_records(self.records, tokenizer, version, layout, self.max_length, self.problems,
+                               require_images=require_images)
+        if any(e.image_paths for e in entries) and (layout is None or image_processor is None):
+            raise ValueError(f"{data_path} has image samples but the dataset has no image layout/processor "
                              "(train with --vision_tower, or use text-only data)")
         self.entries: list[ScanEntry] = entries
         if is_main_process():
@@ -86,9 +98,33 @@ class LazySupervisedDataset(Dataset):
             try:
                 return self._load(self.entries[index])
             except DataProblem as problem:
-                self.problems.add(problem)  # raises in strict mode
+                if self.problems.strict:
+                    raise
+                self.met_in_training.add(problem)  # visible to the main process, also from a worker
                 logger.warning("%s; using sample %d instead", problem, (index + 1) % len(self.entries))
-        raise RuntimeError(f"every sample failed to load: {self.problems.summary()}")
+        raise RuntimeError(f"every sample failed to load: {self.summary()}")
+
+    def summary(self) -> str:
+        """One line: the samples skipped at start and the problems met while loading since."""
+        total = ProblemLog()
+        total.absorb(self.problems)
+        total.absorb(self.met_in_training.collect())
+        return total.summary(kept=len(self.entries))
+
+    def log_summary(self, log=logger) -> str:
+        """The end-of-run data summary, at WARNING (shown by default) on rank 0; returns the line.
+
+        Counts every kind skipped at start plus the decode errors met in
+        `__getitem__` by this rank's processes (main and DataLoader workers).
+        Other ranks report their own training-time problems, if any, the same way.
+        """
+        line = self.summary()
+        met = self.met_in_training.collect()
+        if is_main_process():
+            log.warning("%s (at the end of training; replaced while loading: %d)", line, met.total)
+        elif met.total:
+            log.warning("this rank replaced %d samples while loading: %s", met.total, met.summary())
+        return line
 
     def _load(self, entry: ScanEntry) -> dict:
         record = self.records[entry.index]
@@ -106,24 +142,43 @@ class LazySupervisedDataset(Dataset):
         )
 
     def _pixels(self, path: str, sample_id) -> torch.Tensor:
-        """`[tiles, 3, s, s]` for one image, as `process_images` makes it for this layout."""
+        """`[tiles, 3, s, s]` for one image, by the per-image function `process_images` also uses."""
         try:
             image = Image.open(path)
             image.load()  # decodes the pixels; the processors convert to RGB themselves
         except Exception as err:  # truncated or otherwise undecodable pixels
             raise DataProblem("decode_error", f"image {path}: {type(err).__name__}: {err}", sample_id) from None
         layout = self.layout
-        cfg = SimpleNamespace(image_aspect_ratio=layout.aspect_ratio,
-                              image_grid_pinpoints=[list(p) for p in layout.grid_pinpoints])
-        pixels = process_images([image], self.data_args.image_processor, cfg)
-        pixels = pixels[0] if isinstance(pixels, list) or pixels.ndim == 5 else pixels  # (tiles, 3, s, s)
+        pixels = image_tiles(image, self.image_processor, self.recipe, layout.aspect_ratio, layout.grid_pinpoints)
         if pixels.ndim != 4 or (pixels.shape[1], pixels.shape[2]) != (3, layout.tile_size):
             raise ValueError(f"image processor produced {tuple(pixels.shape)} for {path}; expected "
                              f"[tiles, 3, {layout.tile_size}, {layout.tile_size}] (does it match the vision tower?)")
         return pixels
 
 
-def make_supervised_data_module(tokenizer, data_args) -> dict:
-    """LLaVA's entry point: the training dataset and its collator (no eval set)."""
-    dataset = LazySupervisedDataset(data_args.data_path, tokenizer, data_args)
+def _tile_recipe(layout: ImageLayout | None, image_processor) -> TileRecipe | None:
+    """The anyres tiling recipe, built once per dataset; its tile must be the layout's."""
+    if layout is None or image_processor is None or not layout.is_anyres:
+        return None
+    recipe = TileRecipe(image_processor)
+    if recipe.tile != layout.tile_size:
+        raise ValueError(f"the image processor makes {recipe.tile}-px tiles but the vision tower takes "
+                         f"{layout.tile_size}-px ones (does the processor match the tower?)")
+    return recipe
+
+
+def make_supervised_data_module(tokenizer, data_args, *, version: str, layout: ImageLayout | None = None,
+                                image_processor=None, model_max_length: int | None = None,
+                                require_images: bool = False) -> dict:
+    """LLaVA's entry point: the training dataset and its collator (no eval set).
+
+    `data_args` gives what the user passed (`data_path`, `image_folder`,
+    `strict_data`); what the model decides comes as arguments, never as
+    attributes written onto `data_args`. `model_max_length` defaults to the tokenizer's.
+    """
+    dataset = LazySupervisedDataset(
+        data_args.data_path, tokenizer, version=version, max_length=resolve_max_length(tokenizer, model_max_length),
+        layout=layout, image_processor=image_processor, image_folder=data_args.image_folder,
+        strict=data_args.strict_data, require_images=require_images,
+    )
     return dict(train_dataset=dataset, eval_dataset=None, data_collator=DataCollatorForSupervisedDataset(tokenizer))

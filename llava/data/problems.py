@@ -10,11 +10,18 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
+import tempfile
+import weakref
 from collections import Counter
+from pathlib import Path
+
+import torch.distributed as dist
 
 logger = logging.getLogger(__name__)
 
 PROBLEM_KINDS = {
+    "bad_json_line": "a JSONL line is not valid JSON or not UTF-8 (the sample id is file:line)",
     "malformed": "the record is not a LLaVA sample (no 'conversations' list of {'from', 'value'} turns)",
     "unknown_role": "a turn's 'from' is not human/user, gpt/assistant or system",
     "no_reply": "no assistant reply to train on",
@@ -22,7 +29,7 @@ PROBLEM_KINDS = {
     "missing_image": "an image file does not exist",
     "empty_image": "an image file is empty (0 bytes)",
     "corrupt_image": "an image file's header cannot be read",
-    "decode_error": "an image's pixels failed to decode while loading the sample",
+    "decode_error": "an image's pixels failed to decode (truncated or corrupt data after a valid header)",
     "over_length": "longer than model_max_length (images are never cut)",
     "all_masked": "every label would be masked (nothing to learn from)",
     "text_only_frozen_llm": "a text-only sample while the LLM is frozen (projector stage): it reaches no trained weight",
@@ -64,6 +71,13 @@ class ProblemLog:
         if len(ids) < self.keep_ids:
             ids.append(problem.sample_id)
 
+    def absorb(self, other: "ProblemLog") -> None:
+        """Add `other`'s counts and example ids to these (never raises, even when strict)."""
+        for kind, count in other.counts.items():
+            self.counts[kind] += count
+            ids = self.examples.setdefault(kind, [])
+            ids.extend(other.examples.get(kind, [])[: max(0, self.keep_ids - len(ids))])
+
     @property
     def total(self) -> int:
         return sum(self.counts.values())
@@ -85,13 +99,43 @@ class ProblemLog:
         (log.warning if self.total else log.info)(self.summary(kept))
 
 
+class SharedProblems:
+    """Problems met while loading samples, counted across the processes of one rank.
+
+    DataLoader workers are separate processes: what they add to a
+    `ProblemLog` dies with them. Each process appends one line per problem
+    to its own file (`<pid>.tsv`) in a folder the dataset creates in the
+    main process, and `collect()` reads every file back. Workers started by
+    fork or by spawn both see the folder (its path is pickled with the dataset).
+    """
+
+    def __init__(self):
+        self.folder = Path(tempfile.mkdtemp(prefix="llava-data-problems-"))
+        weakref.finalize(self, _remove_if_owner, str(self.folder), os.getpid())  # only the creator removes it
+
+    def add(self, problem: DataProblem) -> None:
+        fields = (problem.kind, str(problem.sample_id), problem.detail)
+        line = "\t".join(" ".join(text.split("\t")).replace("\n", " ") for text in fields)
+        with open(self.folder / f"{os.getpid()}.tsv", "a", encoding="utf-8") as fh:
+            fh.write(line + "\n")  # one short append per problem: lines from one process never interleave
+
+    def collect(self) -> ProblemLog:
+        """Every problem recorded so far by any process, as a `ProblemLog` (counts and first ids)."""
+        found = ProblemLog()
+        for path in sorted(self.folder.glob("*.tsv")):
+            for line in path.read_text(encoding="utf-8").splitlines():
+                kind, sample_id, detail = line.split("\t", 2)
+                found.add(DataProblem(kind, detail, sample_id))
+        return found
+
+
+def _remove_if_owner(folder: str, owner: int) -> None:
+    if os.getpid() == owner:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def is_main_process() -> bool:
     """True on rank 0 (or without distributed): logs are written once, not once per GPU."""
-    try:
-        import torch.distributed as dist
-
-        if dist.is_available() and dist.is_initialized():
-            return dist.get_rank() == 0
-    except ImportError:  # pragma: no cover - torch is a hard dependency
-        pass
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank() == 0
     return int(os.environ.get("RANK", "0")) == 0

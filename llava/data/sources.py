@@ -21,6 +21,10 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
+import yaml
+
+from llava.data.problems import DataProblem, ProblemLog
+
 RANDOM_SEED = 0
 """Seed of `random:N` sampling, so every rank and every restart draws the same subset."""
 
@@ -37,19 +41,57 @@ class Record:
     """Folder that relative image paths are joined to (None: paths used as given)."""
 
 
-def read_json_records(path) -> list:
-    """The list of samples in a `.json` (one list) or `.jsonl` (one object per line) file."""
+def read_json_records(path, problems: ProblemLog | None = None) -> list:
+    """The list of samples in a `.json` (one list) or `.jsonl` (one object per line) file.
+
+    A decode error names the file and line. In a JSONL file one bad line
+    (invalid JSON, not UTF-8) is a `bad_json_line` problem added to
+    `problems` (skipped and counted, or raised in strict mode); without
+    `problems` it raises. A bad `.json` file always raises: nothing in it can be trusted.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"data file {path} does not exist")
     if path.suffix == ".jsonl":
-        with path.open(encoding="utf-8") as fh:
-            return [json.loads(line) for line in fh if line.strip()]
-    with path.open(encoding="utf-8") as fh:
-        data = json.load(fh)
-    if not isinstance(data, list):
-        raise ValueError(f"{path}: expected a JSON list of samples, got {type(data).__name__}")
-    return data
+        return _read_jsonl(path, problems)
+    data = path.read_bytes()
+    try:
+        items = json.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as err:
+        line, column = _line_and_column(data, err.start)
+        raise ValueError(f"{path}:{line}:{column}: not UTF-8 (byte 0x{data[err.start]:02x})") from None
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}:{err.lineno}:{err.colno}: invalid JSON: {err.msg}") from None
+    if not isinstance(items, list):
+        raise ValueError(f"{path}: expected a JSON list of samples, got {type(items).__name__}")
+    return items
+
+
+def _read_jsonl(path: Path, problems: ProblemLog | None) -> list:
+    items = []
+    with path.open("rb") as fh:
+        for number, raw in enumerate(fh, start=1):
+            try:
+                text = raw.decode("utf-8")
+                if text.strip():
+                    items.append(json.loads(text))
+            except UnicodeDecodeError as err:
+                _bad_line(path, number, f"not UTF-8 (byte 0x{raw[err.start]:02x} at column {err.start + 1})", problems)
+            except json.JSONDecodeError as err:
+                _bad_line(path, number, f"invalid JSON: {err.msg} (column {err.colno})", problems)
+    return items
+
+
+def _bad_line(path: Path, number: int, reason: str, problems: ProblemLog | None) -> None:
+    where = f"{path}:{number}"
+    if problems is None:
+        raise ValueError(f"{where}: {reason}")
+    problems.add(DataProblem("bad_json_line", f"{where}: {reason}", f"{path.name}:{number}"))
+
+
+def _line_and_column(data: bytes, offset: int) -> tuple[int, int]:
+    """1-based (line, column) of byte `offset` in `data`."""
+    return data.count(b"\n", 0, offset) + 1, offset - (data.rfind(b"\n", 0, offset) + 1) + 1
 
 
 def sample_subset(items: list, strategy: str, seed: int = RANDOM_SEED) -> list:
@@ -84,27 +126,37 @@ def _records(items, source: str, image_folder) -> list[Record]:
     return out
 
 
-def load_records(data_path, image_folder=None) -> list[Record]:
-    """All samples named by `data_path` (.json, .jsonl or a .yaml/.yml mixture)."""
-    path = Path(data_path)
-    if path.suffix in (".yaml", ".yml"):
-        import yaml
+def load_records(data_path, image_folder=None, problems: ProblemLog | None = None) -> list[Record]:
+    """All samples named by `data_path` (.json, .jsonl or a .yaml/.yml mixture).
 
-        if not path.is_file():
-            raise FileNotFoundError(f"data mixture {path} does not exist")
-        spec = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        entries = spec.get("datasets") if isinstance(spec, dict) else None
-        if not isinstance(entries, list) or not entries:
-            raise ValueError(f"{path}: expected a 'datasets:' list of entries with json_path")
-        out = []
-        for entry in entries:
-            if not isinstance(entry, dict) or "json_path" not in entry:
-                raise ValueError(f"{path}: every datasets entry needs a json_path, got {entry!r}")
-            json_path = Path(entry["json_path"])
-            if not json_path.is_absolute() and not json_path.exists():
-                json_path = path.parent / json_path
-            items = list(enumerate(read_json_records(json_path)))
-            items = sample_subset(items, entry.get("sampling_strategy", "all"))
-            out.extend(_records(items, json_path.name, entry.get("image_folder", image_folder)))
-        return out
-    return _records(enumerate(read_json_records(path)), path.name, image_folder)
+    `problems` receives the bad JSONL lines (see `read_json_records`).
+    """
+    path = Path(data_path)
+    if path.suffix not in (".yaml", ".yml"):
+        return _records(enumerate(read_json_records(path, problems)), path.name, image_folder)
+    out = []
+    for number, entry in enumerate(_mixture_entries(path), start=1):
+        json_path = Path(entry["json_path"])
+        if not json_path.is_absolute() and not json_path.exists():
+            json_path = path.parent / json_path
+        try:
+            items = list(enumerate(read_json_records(json_path, problems)))
+        except ValueError as err:
+            raise ValueError(f"{err} (in mixture {path}, entry {number})") from None
+        items = sample_subset(items, entry.get("sampling_strategy", "all"))
+        out.extend(_records(items, json_path.name, entry.get("image_folder", image_folder)))
+    return out
+
+
+def _mixture_entries(path: Path) -> list[dict]:
+    """The `datasets:` entries of a YAML mixture, each checked to have a json_path."""
+    if not path.is_file():
+        raise FileNotFoundError(f"data mixture {path} does not exist")
+    spec = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    entries = spec.get("datasets") if isinstance(spec, dict) else None
+    if not isinstance(entries, list) or not entries:
+        raise ValueError(f"{path}: expected a 'datasets:' list of entries with json_path")
+    for entry in entries:
+        if not isinstance(entry, dict) or "json_path" not in entry:
+            raise ValueError(f"{path}: every datasets entry needs a json_path, got {entry!r}")
+    return entries

@@ -17,6 +17,7 @@ import torch
 from PIL import Image
 
 from llava.constants import IMAGE_TOKEN_INDEX
+from llava.model.weights import check_matches_files
 
 QUESTION = "What is shown in this image?"
 
@@ -105,12 +106,17 @@ def _collapse_image_runs(ids: list[int], image_token_id: int) -> list[int]:
 
 @torch.no_grad()
 def compare_with_hf(model, tokenizer, image_processor, hf_dir, conv_mode: str, max_new_tokens: int = 8) -> CheckResult:
-    """Reload `hf_dir` offline in fp32 and compare it with our `model` (fp32, CPU) on generated images."""
+    """Reload `hf_dir` offline in fp32 and compare it with our `model` (fp32, CPU) on generated images.
+
+    First the folder's files must hold exactly the tensors the model has
+    (names and shapes, read from the safetensors headers); else ValueError.
+    """
     from transformers import AutoProcessor, LlavaNextForConditionalGeneration
 
     from llava.mm_utils import process_images, tokenizer_image_token
 
     hf = LlavaNextForConditionalGeneration.from_pretrained(hf_dir, dtype=torch.float32, local_files_only=True).eval()
+    check_matches_files(hf, hf_dir)  # from_pretrained re-initialises a missing tensor
     processor = AutoProcessor.from_pretrained(hf_dir, local_files_only=True)
     model = model.to(torch.float32).eval()
     prompt = conversations(conv_mode)[0][0]

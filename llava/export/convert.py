@@ -110,12 +110,20 @@ def convert(model_path, output_dir, model_base=None, conv_mode=None, save_dtype=
     import torch
 
     from llava.mm_utils import get_model_name_from_path
+    from llava.export.hf_mapping import check_expressible, llava_to_hf
     from llava.model.builder import load_pretrained_model
-    from llava.export.hf_mapping import llava_to_hf
+    from llava.model import LlavaConfig
+    from llava.model.reference import read_llava_config
+    from llava.model.vision_lora import STATE_PREFIX as VISION_LORA_STATE_PREFIX
+    from llava.model.weights import check_matches_files
 
+    check_expressible(read_llava_config(model_path, LlavaConfig))  # name the setting before loading any weight
     tokenizer, model, image_processor, _ = load_pretrained_model(
         str(model_path), model_base, get_model_name_from_path(str(model_path)), device="cpu", torch_dtype="float32"
     )
+    # Counted from the files themselves: from_pretrained would have filled a missing tensor with random values.
+    # The tower's LoRA branches (--mm_vision_lora_enable) were merged into its weights by load_pretrained_model.
+    read = check_matches_files(model, model_path, merged=(VISION_LORA_STATE_PREFIX,)) if model_base is None else None
     stored = stored_dtype(model_path)
     conv_mode = conv_mode or guess_conv_mode(tokenizer)
     image_token_id = add_image_token(tokenizer)
@@ -130,6 +138,10 @@ def convert(model_path, output_dir, model_base=None, conv_mode=None, save_dtype=
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     hf_model.save_pretrained(out)  # safetensors
+    written = check_matches_files(hf_model, out)
+    if read is not None and written != read:
+        raise ValueError(f"{out}: {written} tensors written for the {read} read from {model_path}")
+    print(f"convert: {written} tensors written" + (f" ({read} read from the checkpoint's files)" if read else ""))
     processor = build_processor(model, tokenizer, image_processor, conv_mode)
     processor.save_pretrained(out)
     del hf_model
@@ -156,11 +168,15 @@ def main(argv=None) -> int:
 
     from llava.export.check import compare_with_hf
 
-    model, tokenizer, image_processor, conv_mode = convert(
-        args.model_path, args.output_dir, args.model_base, args.conv_mode, args.save_dtype
-    )
-    print(f"convert: wrote {args.output_dir} (conv_mode={conv_mode})")
-    result = compare_with_hf(model, tokenizer, image_processor, args.output_dir, conv_mode)
+    try:
+        model, tokenizer, image_processor, conv_mode = convert(
+            args.model_path, args.output_dir, args.model_base, args.conv_mode, args.save_dtype
+        )
+        print(f"convert: wrote {args.output_dir} (conv_mode={conv_mode})")
+        result = compare_with_hf(model, tokenizer, image_processor, args.output_dir, conv_mode)
+    except (ValueError, KeyError, FileNotFoundError) as err:  # a checkpoint that does not match its model
+        print(f"convert: FAILED: {err}", file=sys.stderr)
+        return 1
     print(result.line())
     ok = result.passed(args.tolerance)
     if not ok:

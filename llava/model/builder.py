@@ -22,9 +22,11 @@ import torch
 
 from llava.constants import DEFAULT_IM_END_TOKEN, DEFAULT_IM_START_TOKEN, DEFAULT_IMAGE_PATCH_TOKEN
 from llava.model import reference
+from llava.model.weights import NON_LORA_FILE, PROJECTOR_FILE, check_matches_files, load_partial_state, param_roles
+from llava.model.vision_lora import merge_model_vision_lora
 
-NON_LORA_FILE = "non_lora_trainables.bin"
-PROJECTOR_FILE = "mm_projector.bin"
+# Modules that stay unquantised under bitsandbytes (built inside our model, unlike LLaVA's separate tower).
+QUANTIZATION_SKIP_MODULES = ["vision_tower", "mm_projector", "lm_head"]
 
 
 def _as_dtype(torch_dtype) -> torch.dtype:
@@ -39,6 +41,22 @@ def _as_dtype(torch_dtype) -> torch.dtype:
     return value
 
 
+def bnb_config(bits: int, compute_dtype: torch.dtype, double_quant: bool = True, quant_type: str = "nf4"):
+    """The one `BitsAndBytesConfig` of the package (training's QLoRA and this loader).
+
+    The tower and projector are built inside our model, so they (and lm_head)
+    stay unquantised, as LLaVA's separately loaded tower was.
+    """
+    from transformers import BitsAndBytesConfig
+
+    if bits not in (4, 8):
+        raise ValueError(f"bitsandbytes quantises to 4 or 8 bits, got {bits}")
+    return BitsAndBytesConfig(
+        load_in_4bit=bits == 4, load_in_8bit=bits == 8, llm_int8_skip_modules=QUANTIZATION_SKIP_MODULES,
+        bnb_4bit_compute_dtype=compute_dtype, bnb_4bit_use_double_quant=double_quant, bnb_4bit_quant_type=quant_type,
+    )
+
+
 def _load_kwargs(load_8bit, load_4bit, device_map, device, dtype, attn_implementation) -> dict:
     """from_pretrained kwargs: dtype, attention, and placement/quantisation only where they apply."""
     from llava.model.attention import resolve_attn_implementation
@@ -51,20 +69,10 @@ def _load_kwargs(load_8bit, load_4bit, device_map, device, dtype, attn_implement
         if not on_cuda:
             raise ValueError(f"load_8bit/load_4bit need bitsandbytes on a CUDA device; got device={device!r}")
         try:
-            from transformers import BitsAndBytesConfig
             import bitsandbytes  # noqa: F401
         except ImportError as err:
             raise ImportError("load_8bit/load_4bit need the bitsandbytes package (pip install bitsandbytes)") from err
-        # The tower and projector are built inside our model, so keep them (and lm_head) unquantised, as LLaVA's
-        # separately loaded tower was.
-        keep = ["vision_tower", "mm_projector", "lm_head"]
-        if load_4bit:
-            kwargs["quantization_config"] = BitsAndBytesConfig(
-                load_in_4bit=True, bnb_4bit_compute_dtype=dtype, bnb_4bit_use_double_quant=True,
-                bnb_4bit_quant_type="nf4", llm_int8_skip_modules=keep,
-            )
-        else:
-            kwargs["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=keep)
+        kwargs["quantization_config"] = bnb_config(4 if load_4bit else 8, dtype)
     if on_cuda:
         kwargs["device_map"] = device_map if device == "cuda" else {"": device}
     return kwargs
@@ -98,25 +106,46 @@ def _llava_config(path, model_name: str, customized_config=None, overwrite_confi
 
 
 def _load_into(model, path: Path, what: str):
-    """Load a partial state dict (LLaVA key layout) that must provide the projector and newline.
+    """Load a partial state dict (LLaVA or PEFT key layout) that must provide the projector and newline.
 
-    Every tensor in the file must land in the model, and the multimodal
-    weights the base LLM folder lacks must all be in it: otherwise they would
-    stay at their random initialisation and the model would quietly be wrong.
+    Every tensor in the file must land in the model with its shape, and the
+    multimodal weights the base LLM folder lacks must all be in it: otherwise
+    they would stay at their random initialisation and the model would quietly be wrong.
     """
     weights = torch.load(path, map_location="cpu", weights_only=True)
-    weights = {(k[len("base_model."):] if k.startswith("base_model.") else k): v for k, v in weights.items()}
-    if any(k.startswith("model.model.") for k in weights):  # saved from inside a PeftModel wrapper
-        weights = {(k[len("model."):] if k.startswith("model.") else k): v for k, v in weights.items()}
-    params = model.state_dict()
-    needed = [k for k in params if k.startswith("model.mm_projector.") or k == "model.image_newline"]
-    missing = [k for k in needed if k not in weights]
-    if missing:
-        raise KeyError(f"{what} {path} lacks {missing}; without them these weights would stay random")
-    weights = {k: v.to(params[k].dtype) if k in params else v for k, v in weights.items()}
-    result = model.load_state_dict(weights, strict=False)
-    if result.unexpected_keys:
-        raise KeyError(f"{what} {path} has tensors the model does not: {result.unexpected_keys}")
+    required = [name for name, _ in param_roles(model)["projector"]]
+    # mm_projector.bin holds exactly the projector and newline; non_lora_trainables.bin whatever else trained
+    load_partial_state(model, weights, f"{what} {path}", required=required, exact=what == PROJECTOR_FILE)
+
+
+def _check_loading_info(info: dict, folder, may_lack=()) -> None:
+    """Refuse what `from_pretrained` would only report: missing (re-initialised), unexpected or mismatched tensors."""
+    missing = sorted(set(info.get("missing_keys", ())) - set(may_lack))
+    problems = {"missing": missing, "unexpected": sorted(info.get("unexpected_keys", ())),
+                "wrong shape": sorted(map(str, info.get("mismatched_keys", ())))}
+    found = [f"{kind} {names[:8]}" for kind, names in problems.items() if names]
+    if found:
+        raise ValueError(f"{folder}: the weights do not match the model: " + "; ".join(found))
+
+
+def _load_full(model_path: Path, model_name, load_kwargs, customized_config=None, overwrite_config=None):
+    """A full checkpoint, strictly: the files' own tensors must be exactly the model's (names and shapes).
+
+    A reference-code checkpoint that saved no tower weights gets them from its
+    `mm_vision_tower` folder (`llava.model.reference`); only those may be absent from the files.
+    """
+    cls, config = _llava_config(model_path, model_name, customized_config, overwrite_config)
+    model, info = cls.from_pretrained(model_path, config=config, output_loading_info=True,
+                                      ignore_mismatched_sizes=True, **load_kwargs)
+    tower_from_folder = bool(getattr(config, "mm_vision_tower", None)) and not reference.checkpoint_has_tower(model_path)
+    if tower_from_folder:
+        reference.load_tower_from_folder(model, config.mm_vision_tower)
+    may_lack = ("model.vision_tower.",) if tower_from_folder else ()
+    if "quantization_config" in load_kwargs:  # packed 4/8-bit shapes differ from the files': trust the loader's report
+        _check_loading_info(info, model_path, may_lack=may_lack)
+    else:
+        check_matches_files(model, model_path, may_lack=may_lack)
+    return model
 
 
 def _from_base(model_path: Path, model_base, model_name, load_kwargs):
@@ -126,7 +155,9 @@ def _from_base(model_path: Path, model_base, model_name, load_kwargs):
 
     base_vocab = AutoConfig.from_pretrained(model_base).vocab_size
     target_vocab, config.vocab_size = config.vocab_size, base_vocab
-    model = cls.from_pretrained(model_base, config=config, **load_kwargs)
+    model, info = cls.from_pretrained(model_base, config=config, output_loading_info=True, **load_kwargs)
+    # A base LLM folder lacks only the multimodal weights: the tower folder and the partial file provide them.
+    _check_loading_info(info, model_base, may_lack=[n for named in param_roles(model).values() for n, _ in named])
     if target_vocab != base_vocab:
         model.resize_token_embeddings(target_vocab)
     reference.load_tower_from_folder(model, getattr(config, "mm_vision_tower", None))
@@ -233,11 +264,11 @@ def load_pretrained_model(model_path, model_base, model_name, load_8bit=False, l
     elif model_base is not None:
         model = _load_projector_only(model_path, model_base, model_name, load_kwargs)
     else:
-        cls, config = _llava_config(model_path, model_name, customized_config, overwrite_config)
-        model = reference.from_pretrained(cls, model_path, config=config, **load_kwargs)
+        model = _load_full(model_path, model_name, load_kwargs, customized_config, overwrite_config)
 
     if "device_map" not in load_kwargs:  # the tower is a submodule, so it moves too
         model.to(device=device, dtype=dtype)
+    merge_model_vision_lora(model)  # --mm_vision_lora_enable checkpoints: fold the tower's LoRA into its weights
     _add_llava_tokens(tokenizer, model)
     tower = model.get_vision_tower()
     image_processor = _image_processor(tower, model_path, model.config)

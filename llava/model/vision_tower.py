@@ -112,7 +112,7 @@ class VisionTower(nn.Module):
         """
         if isinstance(tiles, (list, tuple)):
             return [self.forward(t.unsqueeze(0) if t.ndim == 3 else t) for t in tiles]
-        trainable = any(p.requires_grad for p in self.vision_tower.parameters())
+        trainable = any(p.requires_grad for p in self.parameters())  # the tower, or its LoRA branches
         with torch.set_grad_enabled(torch.is_grad_enabled() and trainable):
             out = self.vision_tower(
                 tiles.to(device=self.device, dtype=self.dtype), output_hidden_states=True, return_dict=True

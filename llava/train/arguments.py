@@ -15,6 +15,9 @@ from dataclasses import dataclass, field
 
 import transformers
 
+from llava.anyres import DEFAULT_ASPECT_RATIO, DEFAULT_MERGE_TYPE, DEFAULT_SELECT_FEATURE
+from llava.constants import DEFAULT_MODEL_MAX_LENGTH, DEFAULT_VERSION
+
 logger = logging.getLogger(__name__)
 
 
@@ -26,7 +29,7 @@ class ModelArguments:
         default="facebook/opt-125m", metadata={"help": "Folder (or hub id) of the LLM, or of a LLaVA checkpoint."}
     )
     version: str | None = field(
-        default="v0",
+        default=DEFAULT_VERSION,
         metadata={"help": "Conversation template name (conv_templates key): plain, v1, llava_llama_3, qwen_1_5, ..."},
     )
     freeze_backbone: bool = field(
@@ -59,10 +62,10 @@ class ModelArguments:
         },
     )
     mm_patch_merge_type: str | None = field(
-        default="flat", metadata={"help": "How tile features are merged: flat, spatial or spatial_unpad (LLaVA-NeXT)."}
+        default=DEFAULT_MERGE_TYPE, metadata={"help": "How tile features are merged: flat, spatial or spatial_unpad (LLaVA-NeXT)."}
     )
     mm_vision_select_feature: str | None = field(
-        default="patch", metadata={"help": "patch (drop CLS) or cls_patch (keep CLS) features of the vision tower."}
+        default=DEFAULT_SELECT_FEATURE, metadata={"help": "patch (drop CLS) or cls_patch (keep CLS) features of the vision tower."}
     )
 
 
@@ -77,11 +80,11 @@ class DataArguments:
         default=False, metadata={"help": "LLaVA flag; samples are always tokenized lazily, in __getitem__."}
     )
     is_multimodal: bool = field(
-        default=False, metadata={"help": "Set by train.py when a vision tower is present; not needed on the command line."}
+        default=False, metadata={"help": "LLaVA flag; unused (every run here has a vision tower)."}
     )
     image_folder: str | None = field(default=None, metadata={"help": "Folder that the samples' image paths are relative to."})
     image_aspect_ratio: str = field(
-        default="square", metadata={"help": "square, pad or anyres (LLaVA-NeXT); written into the model config."}
+        default=DEFAULT_ASPECT_RATIO, metadata={"help": "square, pad or anyres (LLaVA-NeXT); written into the model config."}
     )
     image_grid_pinpoints: str | None = field(
         default=None,
@@ -114,7 +117,7 @@ class TrainingArguments(transformers.TrainingArguments):
     freeze_mm_mlp_adapter: bool = field(default=False, metadata={"help": "Keep the projector (and image_newline) frozen."})
     mpt_attn_impl: str | None = field(default="triton", metadata={"help": "LLaVA flag for MPT models; unused (no MPT support)."})
     model_max_length: int = field(
-        default=512, metadata={"help": "Maximum sequence length; sequences are right-padded and truncated to it."}
+        default=DEFAULT_MODEL_MAX_LENGTH, metadata={"help": "Maximum sequence length; sequences are right-padded and truncated to it."}
     )
     double_quant: bool = field(default=True, metadata={"help": "QLoRA: quantize the quantization constants too."})
     quant_type: str = field(default="nf4", metadata={"help": "QLoRA 4-bit data type: fp4 or nf4."})
@@ -125,6 +128,14 @@ class TrainingArguments(transformers.TrainingArguments):
     lora_dropout: float = field(default=0.05, metadata={"help": "Dropout on the LoRA branch."})
     lora_weight_path: str = field(default="", metadata={"help": "LLaVA flag; unused."})
     lora_bias: str = field(default="none", metadata={"help": "Which biases train with LoRA: none, all or lora_only."})
+    mm_vision_lora_enable: bool = field(
+        default=False,
+        metadata={"help": "Train the vision tower only through LoRA on its linear layers (XTuner's LLaVA-Llama-3 "
+                  "finetune); the tower's own weights stay frozen. Combines with a full or a LoRA LLM."},
+    )
+    mm_vision_lora_r: int = field(default=64, metadata={"help": "Vision-tower LoRA rank."})
+    mm_vision_lora_alpha: int = field(default=16, metadata={"help": "Vision-tower LoRA alpha (scale = alpha / r)."})
+    mm_vision_lora_dropout: float = field(default=0.05, metadata={"help": "Dropout on the vision-tower LoRA branch."})
     mm_projector_lr: float | None = field(
         default=None, metadata={"help": "Learning rate of the projector and image_newline; default: --learning_rate."}
     )
@@ -136,6 +147,8 @@ class TrainingArguments(transformers.TrainingArguments):
         default=False,
         metadata={"help": "Batches hold only image or only text samples, grouped by length (LLaVA's sampler)."},
     )
+    packing: bool = field(default=False, metadata={"help": "Padding-free batches: each micro-batch in one row, "
+                          "attention kept within each sample (docs/Packing.md); same loss, no padding."})
     attn_implementation: str | None = field(
         default=None,
         metadata={"help": "LLM attention: flash_attention_2, sdpa or eager; default sdpa (train_mem.py: flash_attention_2, "

@@ -12,6 +12,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from llava.model.builder import bnb_config
+
 # Submodules of the LLaVA model that never get adapters (matched against full module names).
 EXCLUDE_PATTERN = r".*(vision_tower|mm_projector|vision_resampler).*"
 
@@ -34,16 +36,7 @@ def quantization_kwargs(training_args, compute_dtype: torch.dtype) -> dict:
     """from_pretrained kwargs for 4/8-bit loading (empty for 16 bits)."""
     if training_args.bits == 16:
         return {}
-    from transformers import BitsAndBytesConfig
-
-    config = BitsAndBytesConfig(
-        load_in_4bit=training_args.bits == 4,
-        load_in_8bit=training_args.bits == 8,
-        llm_int8_skip_modules=["mm_projector", "vision_tower", "lm_head"],
-        bnb_4bit_compute_dtype=compute_dtype,
-        bnb_4bit_use_double_quant=training_args.double_quant,
-        bnb_4bit_quant_type=training_args.quant_type,
-    )
+    config = bnb_config(training_args.bits, compute_dtype, training_args.double_quant, training_args.quant_type)
     return {"quantization_config": config, "device_map": {"": training_args.device}}
 
 

@@ -10,7 +10,11 @@ import logging
 
 import torch
 
+from llava.anyres import ImageLayout
 from llava.model import reference
+from llava.model.weights import param_roles, unwrap_peft
+from llava.model.vision_lora import MODULE_NAME as VISION_LORA
+from llava.model.vision_lora import add_vision_lora, has_vision_lora
 
 logger = logging.getLogger(__name__)
 
@@ -111,14 +115,23 @@ def load_model(model_args, training_args):
     return model
 
 
-def init_vision(model, model_args, data_args, training_args):
-    """LLaVA's `initialize_vision_modules` + the config fields train.py records; returns the tower."""
-    model_args.image_aspect_ratio = data_args.image_aspect_ratio
-    model_args.image_grid_pinpoints = data_args.image_grid_pinpoints
+def init_vision(model, model_args, layout: ImageLayout, training_args):
+    """LLaVA's `initialize_vision_modules` + the config fields train.py records; returns the tower.
+
+    `layout` (`layout_from_args`) is the one derivation of the image settings:
+    its aspect ratio and pinpoints go into the model config before LLaVA's
+    initialiser records the rest from `model_args`, and the model's layout
+    must then equal it (the dataset measures with the same object).
+    """
+    config = model.config
+    config.image_aspect_ratio = layout.aspect_ratio
+    config.image_grid_pinpoints = [list(p) for p in layout.grid_pinpoints]
     model.get_model().initialize_vision_modules(model_args=model_args, fsdp=training_args.fsdp)
+    if model.get_image_layout() != layout:
+        raise ValueError(f"the model's image layout {model.get_image_layout()} differs from the one the "
+                         f"arguments give {layout}")
     tower = model.get_vision_tower()
     tower.to(dtype=load_dtype(training_args), device=training_args.device)
-    config = model.config
     config.tokenizer_padding_side = "right"
     config.tokenizer_model_max_length = training_args.model_max_length
     config.tune_mm_mlp_adapter = model_args.tune_mm_mlp_adapter
@@ -126,9 +139,24 @@ def init_vision(model, model_args, data_args, training_args):
     config.unfreeze_mm_vision_tower = training_args.unfreeze_mm_vision_tower
     config.mm_projector_lr = training_args.mm_projector_lr
     config.mm_vision_tower_lr = training_args.mm_vision_tower_lr
-    data_args.image_aspect_ratio = config.image_aspect_ratio
-    data_args.image_grid_pinpoints = config.image_grid_pinpoints
+    init_vision_lora(tower, config, model_args, training_args)
     return tower
+
+
+def init_vision_lora(tower, config, model_args, training_args) -> None:
+    """--mm_vision_lora_enable: LoRA branches on the tower's linears, recorded in the config for reloading."""
+    config.mm_vision_lora = None
+    if not training_args.mm_vision_lora_enable:
+        return
+    if model_args.tune_mm_mlp_adapter:
+        raise ValueError("--mm_vision_lora_enable is a finetune setting; the pretrain stage "
+                         "(--tune_mm_mlp_adapter True) trains and saves only the projector")
+    if training_args.unfreeze_mm_vision_tower:
+        raise ValueError("--mm_vision_lora_enable trains the tower through LoRA only; "
+                         "drop --unfreeze_mm_vision_tower (or the LoRA) to train it fully")
+    config.mm_vision_lora = {"r": training_args.mm_vision_lora_r, "alpha": training_args.mm_vision_lora_alpha,
+                             "dropout": training_args.mm_vision_lora_dropout}
+    add_vision_lora(tower, **config.mm_vision_lora)
 
 
 def set_trainable(model, model_args, training_args) -> None:
@@ -139,13 +167,12 @@ def set_trainable(model, model_args, training_args) -> None:
       --freeze_backbone), projector + image_newline unless
       --freeze_mm_mlp_adapter, vision tower with --unfreeze_mm_vision_tower.
     """
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = unwrap_peft(model)
     inner = base.get_model()
     tower = base.get_vision_tower()
-    projector = [*inner.mm_projector.parameters()] if getattr(inner, "mm_projector", None) is not None else []
-    newline = getattr(inner, "image_newline", None)
-    projector += [newline] if newline is not None else []
-    mm_ids = {id(p) for p in projector} | ({id(p) for p in tower.parameters()} if tower is not None else set())
+    roles = param_roles(model)
+    projector = [p for _, p in roles["projector"]]
+    mm_ids = {id(p) for p in projector} | {id(p) for _, p in roles["vision_tower"]}
     pretrain = model_args.tune_mm_mlp_adapter
     for name, param in model.named_parameters():
         if id(param) in mm_ids:
@@ -162,3 +189,20 @@ def set_trainable(model, model_args, training_args) -> None:
         param.requires_grad_(pretrain or not training_args.freeze_mm_mlp_adapter)
     if tower is not None:
         tower.requires_grad_(bool(training_args.unfreeze_mm_vision_tower) and not pretrain)
+        if has_vision_lora(tower):  # the tower's weights stay frozen, its LoRA branches train
+            getattr(tower, VISION_LORA).requires_grad_(not pretrain)
+
+
+def allow_frozen_quantized_llm(model, model_args, training_args) -> None:
+    """--bits 4/8 with --tune_mm_mlp_adapter True: a frozen quantized LLM under a trainable projector.
+
+    transformers' Trainer refuses to train a quantized model unless adapters
+    are attached to it ("purely quantized models"), recognising adapters by a
+    PEFT wrapper or by `_hf_peft_config_loaded`. In the pretrain stage the
+    trainable part on top of the frozen quantized LLM is the projector
+    (XTuner's single-GPU pretrain), so the model is marked as carrying one.
+    The flag also makes transformers' `save_pretrained` write adapters only;
+    the pretrain stage never calls it (it saves `mm_projector.bin`).
+    """
+    if training_args.bits in (4, 8) and model_args.tune_mm_mlp_adapter and not training_args.lora_enable:
+        model._hf_peft_config_loaded = True

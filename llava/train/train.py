@@ -30,16 +30,12 @@ from llava.train.arguments import DataArguments, ModelArguments, TrainingArgumen
 logger = logging.getLogger(__name__)
 
 
-def last_checkpoint(output_dir) -> str | None:
-    """The newest `checkpoint-N` folder in `output_dir` (by N), or None."""
-    folders = [p for p in Path(output_dir).glob("checkpoint-*") if p.is_dir() and p.name.split("-")[-1].isdigit()]
-    return str(max(folders, key=lambda p: int(p.name.split("-")[-1]))) if folders else None
-
-
 def build(model_args, data_args, training_args):
     """Tokenizer, model (stage set up) and data module, exactly as `train` uses them."""
     from llava.train.lora import apply_lora, check_quantization_supported
-    from llava.train.model_setup import choose_pad_token, init_vision, load_model, load_tokenizer, set_trainable
+    from llava.train.model_setup import (allow_frozen_quantized_llm, choose_pad_token, init_vision, load_model,
+                                         load_tokenizer, set_trainable)
+    from llava.vision_config import layout_from_args
 
     check_quantization_supported(training_args.bits)
     if model_args.vision_tower is None:
@@ -50,26 +46,32 @@ def build(model_args, data_args, training_args):
     added = choose_pad_token(tokenizer)
     if added is not None:
         model.resize_token_embeddings(len(tokenizer))
-    init_vision(model, model_args, data_args, training_args)
+    layout = layout_from_args(model_args, data_args)
+    tower = init_vision(model, model_args, layout, training_args)
     model.initialize_vision_tokenizer(model_args, tokenizer=tokenizer)
     if training_args.gradient_checkpointing:
         model.enable_input_require_grads()  # reentrant checkpointing needs inputs that require grad
     if training_args.lora_enable:
         model = apply_lora(model, training_args)
     set_trainable(model, model_args, training_args)
+    allow_frozen_quantized_llm(model, model_args, training_args)
+    from llava.data import make_supervised_data_module
+    from llava.data.collator import DataCollatorForPackedSequences
+    from llava.model.attention import use_packed_attention
+    from llava.model.fused_loss import enable_liger_kernel
     from llava.train.llava_trainer import trains_llm
 
-    data_args.require_images = not trains_llm(model)  # text-only samples would train nothing: skip and count
-
-    tower = model.get_vision_tower()
-    data_args.is_multimodal = True
-    data_args.version = model_args.version
-    data_args.image_processor = tower.image_processor
-    data_args.image_layout = model.get_image_layout()
-    data_args.model_max_length = training_args.model_max_length
-    from llava.data import make_supervised_data_module
-
-    data_module = make_supervised_data_module(tokenizer=tokenizer, data_args=data_args)
+    data_module = make_supervised_data_module(
+        tokenizer, data_args, version=model_args.version, layout=layout, image_processor=tower.image_processor,
+        model_max_length=training_args.model_max_length,
+        require_images=not trains_llm(model),  # text-only samples would train nothing: skip and count
+    )
+    if training_args.packing:
+        data_module["data_collator"] = DataCollatorForPackedSequences(tokenizer)  # docs/Packing.md
+        use_packed_attention(model)  # sdpa -> per-sample sdpa; flash-attn runs varlen as it is
+    if training_args.use_liger_kernel:
+        enable_liger_kernel(model)  # our wrappers' own path; warns and trains plainly without liger-kernel or a GPU
+        training_args.use_liger_kernel = False  # the Trainer's own call knows only plain HF model types
     return tokenizer, model, data_module
 
 
@@ -92,15 +94,15 @@ def train(attn_implementation: str | None = None, argv: list[str] | None = None)
         args=training_args,
         processing_class=tokenizer,
         stage="pretrain" if model_args.tune_mm_mlp_adapter else "finetune",
-        image_processor=data_args.image_processor,
+        image_processor=data_module["train_dataset"].image_processor,
         lora_bias=training_args.lora_bias,
         **data_module,
     )
     check_modality_mix(training_args, data_module["train_dataset"])
-    resume = training_args.resume_from_checkpoint or last_checkpoint(training_args.output_dir)
-    if resume:
-        logger.info("resuming from %s", resume)
-    trainer.train(resume_from_checkpoint=resume)
+    # An explicit --resume_from_checkpoint, else the newest complete checkpoint (LLaVA's automatic resume);
+    # the trainer checks it (files, layout, data order) and prints the resume line.
+    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint or True)
+    data_module["train_dataset"].log_summary()  # every skipped kind, decode errors met in training included
     trainer.save_state()
     model.config.use_cache = True
     trainer.save_model(training_args.output_dir)

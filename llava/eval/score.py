@@ -143,13 +143,24 @@ def vqa_accuracy(prediction: str, human_answers: list[str]) -> float:
     return sum(scores) / len(scores)
 
 
+def textvqa_question(prompt: str) -> str:
+    """The question inside a TextVQA prompt (LLaVA's files add OCR tokens and an instruction line)."""
+    lines = prompt.split("\n")
+    if prompt.startswith("OCR tokens: "):
+        match = re.search(r"Question: (.*?) Short answer:", prompt, re.DOTALL)
+        return (match.group(1) if match else prompt).lower()
+    if len(lines) == 3 and "Reference OCR token: " in prompt:
+        return (lines[1] if prompt.startswith("Reference OCR token:") else lines[0]).lower()
+    return lines[0].lower()
+
+
 def textvqa(annotation_file, result_file) -> dict:
     """TextVQA val accuracy; answers are matched to annotations by (image id, question)."""
     data = json.loads(Path(annotation_file).read_text())["data"]
     annotations = {(a["image_id"], a["question"].lower()): a for a in data}
     scores = []
     for result in read_jsonl(result_file):
-        question = result["prompt"].split("\n")[0].lower()
+        question = textvqa_question(result["prompt"])
         scores.append(vqa_accuracy(result["text"], annotations[(result["question_id"], question)]["answers"]))
     result = {"accuracy": sum(scores) / max(len(scores), 1), "questions": len(scores)}
     print(f"textvqa: accuracy {result['accuracy']:.4f} on {result['questions']} questions")

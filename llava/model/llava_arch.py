@@ -116,6 +116,8 @@ class LlavaMetaModel:
             self.vision_tower = tower
         else:
             tower.load_model()
+            if tower.image_processor is None:  # rebuilt from a checkpoint's stored config: no processor kept
+                tower.set_image_processor(model_args.vision_tower)
         tower.to(dtype=like.dtype, device=like.device)
 
         config.mm_vision_tower = str(model_args.vision_tower)

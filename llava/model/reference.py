@@ -113,3 +113,22 @@ def from_pretrained(cls, path, config=None, **kwargs):
     if getattr(config, "mm_vision_tower", None) and not checkpoint_has_tower(path):
         load_tower_from_folder(model, config.mm_vision_tower)
     return model
+
+
+SENTENCEPIECE_FILE = "tokenizer.model"
+
+
+def keep_sentencepiece(src, dst) -> bool:
+    """Copy `src`'s SentencePiece `tokenizer.model` into `dst` when it has one; True if copied.
+
+    transformers 5 saves only `tokenizer.json`; the reference code's
+    transformers 4.x slow Llama tokenizers need the SentencePiece file, so a
+    folder we save keeps it whenever the base model had one.
+    """
+    import shutil
+
+    source = Path(src) / SENTENCEPIECE_FILE
+    if not source.is_file() or not Path(dst).is_dir():
+        return False
+    shutil.copyfile(source, Path(dst) / SENTENCEPIECE_FILE)
+    return True

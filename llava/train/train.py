@@ -106,6 +106,10 @@ def train(attn_implementation: str | None = None, argv: list[str] | None = None)
     trainer.save_state()
     model.config.use_cache = True
     trainer.save_model(training_args.output_dir)
+    if trainer.is_world_process_zero():  # the reference code's tokenizers read tokenizer.model
+        from llava.model.reference import keep_sentencepiece
+
+        keep_sentencepiece(model_args.model_name_or_path, training_args.output_dir)
     return trainer
 
 

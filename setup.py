@@ -43,7 +43,8 @@ EXTRAS_REQUIRE = {
         "tensorboard>=2.15",
         f"bitsandbytes>=0.44; {BNB_MARKER}",
     ],
-    "test": ["pytest>=8", "pytest-timeout>=2.3"],
+    # shortuuid, pandas: imported by the upstream LLaVA eval scripts the client tests run verbatim
+    "test": ["pytest>=8", "pytest-timeout>=2.3", "shortuuid>=1.0", "pandas>=2.0", "radon>=6"],  # radon: tests/test_layout.py
 }
 
 setup(

@@ -22,3 +22,6 @@ DEFAULT_VERSION = "v0"
 
 DEFAULT_MODEL_MAX_LENGTH = 512
 """`--model_max_length` when none is given (shared by train.py's arguments and the preflight check)."""
+
+IMAGE_PLACEHOLDER = "<image-placeholder>"
+"""LLaVA's `run_llava.py` spelling for where the image goes in a `--query` (replaced by `<image>`)."""

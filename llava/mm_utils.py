@@ -12,6 +12,7 @@ All size maths comes from `llava.anyres`.
 from __future__ import annotations
 
 import base64
+import math
 from io import BytesIO
 
 import numpy as np
@@ -242,3 +243,71 @@ def select_best_resolution(original_size, possible_resolutions):
     width, height = original_size
     best_h, best_w = anyres.select_best_resolution((height, width), possible_resolutions)
     return best_w, best_h
+
+
+# ----------------------------------------------------------------------------- LLaVA's other image helpers
+# LLaVA-NeXT's public helpers, kept for scripts that import them. Our own pipeline tiles with
+# `process_anyres_image` above (transformers' arithmetic); these follow LLaVA's, PIL sizes (width, height).
+
+
+def resize_and_pad_image(image: Image.Image, target_resolution) -> Image.Image:
+    """LLaVA's: fit `image` into `target_resolution` (width, height), aspect kept, centred on black.
+
+    The filled side takes the target exactly, the other is rounded up
+    (LLaVA's `math.ceil`, capped at the target); PIL's default resampling.
+    """
+    width, height = image.size
+    target_w, target_h = target_resolution
+    scale_w, scale_h = target_w / width, target_h / height
+    if scale_w < scale_h:
+        new_w, new_h = target_w, min(math.ceil(height * scale_w), target_h)
+    else:
+        new_w, new_h = min(math.ceil(width * scale_h), target_w), target_h
+    canvas = Image.new("RGB", (target_w, target_h), (0, 0, 0))
+    canvas.paste(image.resize((new_w, new_h)), ((target_w - new_w) // 2, (target_h - new_h) // 2))
+    return canvas
+
+
+def divide_to_patches(image: Image.Image, patch_size: int) -> list:
+    """Square crops of `patch_size` (LLaVA's "patches" are our tiles), row-major; edge crops are padded by PIL."""
+    width, height = image.size
+    return [
+        image.crop((left, top, left + patch_size, top + patch_size))
+        for top in range(0, height, patch_size)
+        for left in range(0, width, patch_size)
+    ]
+
+
+def get_anyres_image_grid_shape(image_size, grid_pinpoints, patch_size: int):
+    """LLaVA's return order: (columns, rows) of tiles for PIL `image_size` (width, height).
+
+    `patch_size` is LLaVA's name for the tile size. Pinpoints are read as
+    everywhere here, `[height, width]` (LLaVA reads them as [width, height];
+    see docs/Conversion.md); the range form "(1x1),...,(3x3)" is accepted.
+    """
+    pinpoints = anyres.parse_grid_pinpoints(grid_pinpoints, patch_size)
+    rows, cols = anyres.tile_grid_shape((image_size[1], image_size[0]), pinpoints, patch_size)
+    return cols, rows
+
+
+def process_highres_image(image: Image.Image, processor, grid_pinpoints: str) -> torch.Tensor:
+    """LLaVA-NeXT's "highres" mode: [1 + n*n, 3, s, s] tiles (the squashed image, then a square grid).
+
+    As LLaVA-NeXT does it: the largest size in the comma-separated
+    `grid_pinpoints` is always used; the image is padded to a square with the
+    processor's mean colour, resized to that size, and the n = size // s
+    non-overlapping tiles of side s (the processor's `shortest_edge`) are cut
+    centred in it, row-major.
+    """
+    tile = processor.size["shortest_edge"]
+    side = max(int(x) for x in str(grid_pinpoints).split(","))
+    fill = tuple(int(x * 255) for x in processor.image_mean)
+    padded = expand2square(image, fill).resize((side, side))
+    n = side // tile
+    start = (side - n * tile) // 2
+    tiles = [image.resize((tile, tile))] + [
+        padded.crop((start + c * tile, start + r * tile, start + (c + 1) * tile, start + (r + 1) * tile))
+        for r in range(n)
+        for c in range(n)
+    ]
+    return torch.stack([processor.preprocess(t, return_tensors="pt")["pixel_values"][0] for t in tiles], dim=0)

@@ -23,10 +23,13 @@ def _field(size, key):
 
 
 class TileRecipe:
-    """What `LlavaNextImageProcessorPil` does to each tile, read from a CLIP/SigLIP processor."""
+    """What `LlavaNextImageProcessorPil` does to each tile, read from a CLIP/SigLIP processor.
+
+    transformers 5 processors carry every attribute read here (None when unset).
+    """
 
     def __init__(self, processor):
-        size, crop = processor.size, getattr(processor, "crop_size", None)
+        size, crop = processor.size, processor.crop_size
         self.short = _field(size, "shortest_edge")
         self.size_hw = (_field(size, "height"), _field(size, "width"))
         if not self.short and not all(self.size_hw):
@@ -34,11 +37,10 @@ class TileRecipe:
         # Base tile size and tile side, as LlavaNextImageProcessor derives them.
         self.base_hw = self.size_hw if all(self.size_hw) else (self.short, self.short)
         self.tile = _field(crop, "height") or self.size_hw[0] or self.short
-        self.do_resize = bool(getattr(processor, "do_resize", True))
+        self.do_resize = bool(processor.do_resize)
         self.crop_hw = (_field(crop, "height"), _field(crop, "width"))
-        self.do_crop = bool(getattr(processor, "do_center_crop", False)) and all(self.crop_hw)
-        resample = getattr(processor, "resample", None)
-        self.resample = Image.Resampling.BILINEAR if resample is None else _pil_resample(resample)
+        self.do_crop = bool(processor.do_center_crop) and all(self.crop_hw)
+        self.resample = Image.Resampling.BILINEAR if processor.resample is None else _pil_resample(processor.resample)
         self.processor = processor
         self.lut = self._value_table()  # (3, 256) float32
         self.divisor, self.mean, self.std = self._arithmetic()
@@ -84,8 +86,8 @@ class TileRecipe:
         Checked on all 256 levels, so the fast path is bit-identical to
         transformers or not taken (then the table lookup is used).
         """
-        factor = float(getattr(self.processor, "rescale_factor", 1 / 255))
-        if not getattr(self.processor, "do_rescale", True) or factor <= 0:
+        factor = float(self.processor.rescale_factor)
+        if not self.processor.do_rescale or factor <= 0:
             return None, None, None
         divisor = torch.tensor(round(1 / factor), dtype=torch.float32)
         mean, std = (torch.from_numpy(np.array(v)).view(3, 1, 1) for v in self._mean_std())
@@ -95,7 +97,7 @@ class TileRecipe:
         return None, None, None
 
     def _mean_std(self):
-        if not getattr(self.processor, "do_normalize", True):
+        if not self.processor.do_normalize:
             return np.zeros(3, dtype=np.float32), np.ones(3, dtype=np.float32)
         mean = np.broadcast_to(np.asarray(self.processor.image_mean, dtype=np.float32), (3,))
         std = np.broadcast_to(np.asarray(self.processor.image_std, dtype=np.float32), (3,))
@@ -108,7 +110,7 @@ class TileRecipe:
         float32; doing the same on the 256 levels gives the exact reference.
         """
         levels = np.arange(256, dtype=np.float64)[None].repeat(3, 0)  # (3, 256)
-        if getattr(self.processor, "do_rescale", True):
+        if self.processor.do_rescale:
             levels = levels * self.processor.rescale_factor
         mean, std = self._mean_std()
         return torch.from_numpy((levels.astype(np.float32) - mean[:, None]) / std[:, None])

@@ -4,8 +4,11 @@
         --model-base lmsys/vicuna-7b-v1.5 --save-model-path checkpoints/llava-v1.5-7b-merged
 
 The LoRA folder holds the adapter and `non_lora_trainables.bin` (projector,
-image_newline, an unfrozen tower); `load_pretrained_model` applies both and
-merges the adapter. The result loads with `load_pretrained_model(path, None, ...)`.
+image_newline, an unfrozen tower, the tower's LoRA branches);
+`load_pretrained_model` applies both and merges the adapter. A vision-tower
+LoRA (`--mm_vision_lora_enable`) is merged into the tower too, with or
+without an LLM LoRA (then no `--model-base`). The result is a plain
+checkpoint that loads with `load_pretrained_model(path, None, ...)`.
 """
 
 from __future__ import annotations
@@ -38,7 +41,9 @@ def merge_lora(args) -> Path:
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model-path", type=str, required=True, help="the LoRA checkpoint folder (train.py output)")
-    parser.add_argument("--model-base", type=str, required=True, help="the LLM folder the LoRA run started from")
+    parser.add_argument("--model-base", type=str, default=None,
+                        help="the LLM folder an LLM-LoRA run started from (omit for a full-LLM checkpoint whose "
+                             "vision tower trained through LoRA)")
     parser.add_argument("--save-model-path", type=str, required=True, help="where to write the merged checkpoint")
     parser.add_argument("--device", type=str, default=None, help="cpu (default) or cuda")
     parser.add_argument("--dtype", type=str, default=None, help="saved weights dtype: float16 on cuda, float32 on cpu by default")

@@ -1,6 +1,7 @@
 """llava.anyres: literal values, and agreement with transformers' own LlavaNext helpers."""
 
 import itertools
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -123,3 +124,17 @@ def test_normalize_aspect_ratio_spellings():
     assert [normalize_aspect_ratio(v) for v in (None, "", "square", "resize", "anyres", "anyres_max_9", "pad")] == [
         "square", "square", "square", "square", "anyres", "anyres", "pad",
     ]
+
+
+def test_layout_from_args_and_config_share_llava_defaults():
+    vision = {"image_size": 56, "patch_size": 14}
+    absent = ImageLayout.from_config(SimpleNamespace(mm_vision_config=vision))  # e.g. a LLaVA-1.5 config
+    assert (absent.aspect_ratio, absent.merge_type, absent.select_feature) == ("square", "flat", "patch")
+    assert absent == ImageLayout.from_args(vision, None, None, None, None) == ImageLayout(
+        56, 14, to_pinpoint_tuple(default_grid_pinpoints(56)))
+    given = ImageLayout.from_args(vision, "anyres_max_9", "(1x1),...,(2x2)", "spatial_unpad", "patch")
+    assert given == ImageLayout(56, 14, ((56, 56), (56, 112), (112, 56), (112, 112)), "anyres", "spatial_unpad")
+    config = SimpleNamespace(mm_vision_config=vision, image_aspect_ratio="anyres_max_9",
+                             image_grid_pinpoints=[[56, 56], [56, 112], [112, 56], [112, 112]],
+                             mm_patch_merge_type="spatial_unpad", mm_vision_select_feature="patch")
+    assert ImageLayout.from_config(config) == given

@@ -59,7 +59,7 @@ def test_full_checkpoint_round_trip(tmp_path, reference, tiny_llama_dir, tiny_cl
 
     tokenizer, loaded, processor, context_len = load_pretrained_model(tmp_path, None, "llava-tiny", **CPU)
     assert type(loaded).__name__ == "LlavaLlamaForCausalLM"
-    assert context_len == 777
+    assert context_len == 4096  # LLaVA-NeXT reports max_position_embeddings before tokenizer_model_max_length
     assert tokenizer.pad_token == tokenizer.unk_token  # llama2 has no pad token; LLaVA pads with unk
     assert processor.to_dict() == tower_processor.to_dict()
     assert {p.dtype for p in loaded.parameters()} == {torch.float32}
@@ -78,7 +78,7 @@ def test_projector_only_checkpoint_over_base(tmp_path, reference, tiny_llama_dir
     tokenizer, loaded, processor, context_len = load_pretrained_model(
         tmp_path, tiny_llama_dir, "llava-tiny-pretrain", device="cpu", torch_dtype=torch.float32
     )
-    assert context_len == 2048
+    assert context_len == 4096  # the tiny LLM's max_position_embeddings, as LLaVA-NeXT reports it
     expected = logits(model, tokenizer, processor)
     torch.testing.assert_close(logits(loaded, tokenizer, processor), expected, atol=0, rtol=0)
 
@@ -124,7 +124,7 @@ def test_quantised_or_cuda_loading_without_gpu_fails_clearly(tmp_path, tiny_llam
         load_pretrained_model(tiny_llama_dir, None, "llava", load_4bit=True, **CPU)
     if not torch.cuda.is_available():
         with pytest.raises(RuntimeError, match="CUDA is not available"):
-            load_pretrained_model(tiny_llama_dir, None, "llava", device="cuda")
+            load_pretrained_model(tiny_llama_dir, None, "llava", device="cuda:0")  # explicit; the defaults fall back to the CPU
     with pytest.raises(ValueError, match="unknown torch_dtype 'float17'"):
         load_pretrained_model(tiny_llama_dir, None, "llava", device="cpu", torch_dtype="float17")
 

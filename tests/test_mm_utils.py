@@ -11,10 +11,12 @@ from PIL import Image
 from transformers import CLIPImageProcessorPil, SiglipImageProcessorPil, StoppingCriteriaList
 
 from llava.constants import IMAGE_TOKEN_INDEX
+from llava.pixel_recipe import TileRecipe
 from llava.mm_utils import (
     KeywordsStoppingCriteria,
     expand2square,
     get_model_name_from_path,
+    image_tiles,
     load_image_from_base64,
     process_anyres_image,
     process_images,
@@ -130,6 +132,33 @@ def test_process_images_square_is_the_plain_processor():
         out = process_images(images, proc, SimpleNamespace(image_aspect_ratio=aspect))
         assert out.shape == (2, 3, 56, 56)
         torch.testing.assert_close(out, torch.as_tensor(np.asarray(proc(images)["pixel_values"])))
+
+
+@pytest.mark.parametrize("aspect", ["anyres", "pad", "square"])
+def test_image_tiles_is_what_process_images_returns(aspect):
+    """One per-image function with a recipe built once, behind both process_images and the dataset."""
+    proc = tiny_clip()
+    pinpoints = [[56, 112], [112, 56], [112, 112]]
+    recipe = TileRecipe(proc) if aspect == "anyres" else None
+    images = [Image.new("RGB", (640, 480), (10, 20, 30)), Image.new("RGBA", (90, 200), (200, 10, 30, 128))]
+    batch = process_images(images, proc, SimpleNamespace(image_aspect_ratio=aspect, image_grid_pinpoints=pinpoints))
+    for image, expected in zip(images, batch):
+        tiles = image_tiles(image, proc, recipe, aspect, pinpoints)
+        expected = expected if aspect == "anyres" else expected[None]  # pad/square: one (3, s, s) per image
+        assert tiles.shape == expected.shape and torch.equal(tiles, expected)
+    assert image_tiles(images[0], proc, recipe, aspect, pinpoints).shape[0] == (5 if aspect == "anyres" else 1)
+
+
+def test_dataset_recipe_must_match_the_layout_tile():
+    from llava.anyres import ImageLayout, default_grid_pinpoints, to_pinpoint_tuple
+    from llava.data.dataset import _tile_recipe
+
+    layout = ImageLayout(56, 14, to_pinpoint_tuple(default_grid_pinpoints(56)), "anyres", "spatial_unpad")
+    assert _tile_recipe(layout, tiny_clip()).tile == 56
+    assert _tile_recipe(ImageLayout(56, 14, layout.grid_pinpoints, "square"), tiny_clip()) is None
+    big = CLIPImageProcessorPil(size={"shortest_edge": 112}, crop_size={"height": 112, "width": 112})
+    with pytest.raises(ValueError, match="112-px tiles but the vision tower takes 56-px"):
+        _tile_recipe(layout, big)
 
 
 def test_to_rgb_follows_transformers_convert_to_rgb():

@@ -27,6 +27,7 @@ def test_cli_pretrain_then_finetune_then_generate(tiny_llama_dir, tiny_clip_dir,
                                                      gradient_checkpointing=True, tf32=True,
                                                      report_to="tensorboard"), cwd=tmp_path)
     assert "tokens_per_second" in log and "padding_share" in log
+    assert "data: kept 8, skipped 0 samples (at the end of training; replaced while loading: 0)" in log  # default level
     assert list((pre / "runs").rglob("events.out.tfevents.*"))  # --report_to tensorboard, offline
     assert sorted(torch.load(pre / "mm_projector.bin", weights_only=True)) == [
         "model.image_newline", "model.mm_projector.0.bias", "model.mm_projector.0.weight",
@@ -38,7 +39,8 @@ def test_cli_pretrain_then_finetune_then_generate(tiny_llama_dir, tiny_clip_dir,
          cwd=tmp_path)
     tokenizer, model, processor, context_len = load_pretrained_model(ft, None, ft.name, device="cpu",
                                                                      torch_dtype="float32")
-    assert context_len == 512 and model.config.image_aspect_ratio == "anyres"
+    # context_len as LLaVA-NeXT reports it: the LLM's max_position_embeddings (4096 in the tiny config)
+    assert context_len == 4096 and model.config.image_aspect_ratio == "anyres"
     assert tokenizer.pad_token == "<unk>" and model.config.tokenizer_padding_side == "right"
     # The finetune started from the pretrain projector and changed it.
     pretrained = torch.load(pre / "mm_projector.bin", weights_only=True)

@@ -112,6 +112,7 @@ def _resume_from_checkpoint_2(argv, out, tmp_path):
     new_argv[new_argv.index("--output_dir") + 1] = str(copy)
     trainer = train(argv=new_argv)
     assert trainer.state.global_step == 4
+    assert trainer._initial_global_step == 2  # resumed at step 2, not retrained from the start
     return copy
 
 
@@ -133,3 +134,63 @@ def test_finetune_resume_is_exact(finetune_run, tmp_path):
     assert a.keys() == b.keys()
     for key in a:
         torch.testing.assert_close(b[key], a[key], rtol=0, atol=1e-5, msg=key)
+
+
+def _tampered_copy(run, tmp_path, edit):
+    """A copy of the run's checkpoint-2 with `edit(folder)` applied, and the argv resuming from it."""
+    argv, out, _, _ = run
+    copy = tmp_path / out.name
+    shutil.copytree(out / "checkpoint-2", copy / "checkpoint-2")
+    edit(copy / "checkpoint-2")
+    new_argv = list(argv)
+    new_argv[new_argv.index("--output_dir") + 1] = str(copy)
+    return new_argv
+
+
+@pytest.mark.parametrize("how", ["missing", "extra", "shape"])
+def test_finetune_resume_refuses_a_checkpoint_whose_weights_do_not_match(how, finetune_run, tmp_path):
+    from safetensors.torch import save_file
+
+    key = {"missing": "model.layers.1.self_attn.o_proj.weight", "extra": "model.mm_projector.7.weight",
+           "shape": "model.mm_projector.2.bias"}[how]
+
+    def edit(folder):
+        weights = load_file(folder / "model.safetensors")
+        if how == "missing":
+            del weights[key]
+        elif how == "extra":
+            weights[key] = torch.zeros(2, 2)
+        else:
+            weights[key] = weights[key][:3].clone()
+        save_file(weights, folder / "model.safetensors", metadata={"format": "pt"})
+
+    with pytest.raises(ValueError, match="weight files do not match") as err:
+        train(argv=_tampered_copy(finetune_run, tmp_path, edit))
+    assert key in str(err.value)
+
+
+@pytest.mark.parametrize("how", ["no-newline", "shape"])
+def test_pretrain_resume_refuses_a_wrong_projector_file(how, pretrain_run, tmp_path):
+    def edit(folder):
+        weights = torch.load(folder / "mm_projector.bin", weights_only=True)
+        if how == "no-newline":
+            del weights["model.image_newline"]
+        else:
+            weights["model.mm_projector.0.bias"] = weights["model.mm_projector.0.bias"][:1].clone()  # would broadcast
+        torch.save(weights, folder / "mm_projector.bin")
+
+    message = r"lacks \['model.image_newline'\]" if how == "no-newline" else r"model.mm_projector.0.bias \(1,\)"
+    with pytest.raises((KeyError, ValueError), match=message):
+        train(argv=_tampered_copy(pretrain_run, tmp_path, edit))
+
+
+def test_missing_optimizer_or_scheduler_is_an_error_not_a_fresh_start(finetune_run, tmp_path):
+    _, out, _, trainer = finetune_run
+    for name in ("optimizer.pt", "scheduler.pt"):
+        copy = tmp_path / name
+        shutil.copytree(out / "checkpoint-2", copy)
+        (copy / name).unlink()
+        with pytest.raises(FileNotFoundError, match=name):
+            trainer._load_optimizer_and_scheduler(str(copy))
+        with pytest.raises(ValueError, match=f"{name} is missing"):
+            trainer.check_resume(copy)

@@ -23,6 +23,7 @@ import json
 import math
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -37,6 +38,7 @@ from llava.data.headers import read_headers
 from llava.data.lengths import prepare_sample
 from llava.data.parallel_scan import ScanRequest, load_or_scan
 from llava.data.problems import PROBLEM_KINDS, DataProblem, ProblemLog
+from llava.data.record_store import EntryTable
 from llava.vision_config import layout_from_args
 
 
@@ -109,39 +111,58 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def main(argv=None) -> int:
-    """Exit 0: training can start on this data; 1: an empty dataset, or any problem with --strict; 2: bad setup."""
-    args = parse_args(argv)
-    try:
-        get_conversation_template(args.version)
-    except ValueError as err:
-        print(f"error: --version: {err}", file=sys.stderr)
-        return 2
+@dataclass
+class CheckResult:
+    """What one check pass found: the records read, the entries training would keep, every length."""
+
+    n_samples: int
+    """Samples in the files (bad JSONL lines included)."""
+    entries: EntryTable
+    """Each usable sample (`record_store.EntryTable`: iterate for rows with index, length, ...)."""
+    problems: ProblemLog
+    """Counts and first ids of every problem kind."""
+    all_lengths: list
+    """Untruncated length of every sample that could be tokenised."""
+
+
+def run(args) -> CheckResult:
+    """The check pass for parsed flags; raises ValueError/OSError for a setup or file error."""
+    get_conversation_template(args.version)  # an unknown --version fails here, as in training
     tokenizer = AutoTokenizer.from_pretrained(args.model_name_or_path)
     layout = check_layout(args)
-    started = time.perf_counter()
     request = ScanRequest(args.data_path, args.image_folder, tokenizer, args.version, layout, args.model_max_length,
                           require_images=args.require_images)
     try:
         scan = load_or_scan(request, cache_dir=args.data_cache_dir, processes=args.workers,
                             progress=not args.no_progress)
-    except (OSError, ValueError) as err:
-        no_layout = layout is None and "no image layout" in str(err)
-        print("error: the data has images; pass --vision_tower (or a LLaVA checkpoint)" if no_layout
-              else f"error: {err}", file=sys.stderr)
-        return 2
+    except ValueError as err:
+        if layout is None and "no image layout" in str(err):
+            raise ValueError("the data has images; pass --vision_tower (or a LLaVA checkpoint)") from None
+        raise
     problems = ProblemLog(strict=False)
     scan.replay(problems)
     entries = scan.entries
     if not args.headers_only:
         entries = entries.subset(decodes(scan, problems, not args.no_progress))
-    n_samples = scan.n_records + problems.counts["bad_json_line"]
-    print(report(n_samples, entries, problems, scan.all_lengths.tolist(), args.model_max_length,
+    return CheckResult(scan.n_records + problems.counts["bad_json_line"], entries, problems,
+                       scan.all_lengths.tolist())
+
+
+def main(argv=None) -> int:
+    """Exit 0: training can start on this data; 1: an empty dataset, or any problem with --strict; 2: bad setup."""
+    args = parse_args(argv)
+    started = time.perf_counter()
+    try:
+        found = run(args)
+    except (OSError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(report(found.n_samples, found.entries, found.problems, found.all_lengths, args.model_max_length,
                  time.perf_counter() - started))
-    if not entries:
+    if not found.entries:
         print("error: no usable sample: training would stop at start", file=sys.stderr)
         return 1
-    return 1 if args.strict and problems.total else 0
+    return 1 if args.strict and found.problems.total else 0
 
 
 def decodes(scan, problems: ProblemLog, progress: bool):

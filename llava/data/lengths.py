@@ -1,7 +1,7 @@
 """The one pass over a dataset that the training dataset and the preflight check share.
 
 For every record it normalises the '<image>' markers, reads the image headers
-(sizes only, never pixels), tokenises the conversation in large batches and
+(sizes only; the preflight check also decodes the pixels), tokenises the conversation in large batches and
 computes the exact sequence length the model will see:
 
     text tokens (one IMAGE_TOKEN_INDEX per image) + sum(layout.num_tokens(hw) - 1)

@@ -109,15 +109,13 @@ class SharedProblems:
     fork or by spawn both see the folder (its path is pickled with the dataset).
     """
 
-    def __init__(self, folder=None):
-        self.owner = os.getpid()
-        self.folder = Path(folder) if folder else Path(tempfile.mkdtemp(prefix="llava-data-problems-"))
-        self.folder.mkdir(parents=True, exist_ok=True)
-        if not folder:
-            weakref.finalize(self, _remove_if_owner, str(self.folder), self.owner)
+    def __init__(self):
+        self.folder = Path(tempfile.mkdtemp(prefix="llava-data-problems-"))
+        weakref.finalize(self, _remove_if_owner, str(self.folder), os.getpid())  # only the creator removes it
 
     def add(self, problem: DataProblem) -> None:
-        line = "\t".join([problem.kind, str(problem.sample_id), problem.detail.replace("\n", " ")])
+        fields = (problem.kind, str(problem.sample_id), problem.detail)
+        line = "\t".join(" ".join(text.split("\t")).replace("\n", " ") for text in fields)
         with open(self.folder / f"{os.getpid()}.tsv", "a", encoding="utf-8") as fh:
             fh.write(line + "\n")  # one short append per problem: lines from one process never interleave
 

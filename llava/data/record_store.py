@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import orjson
@@ -82,6 +83,15 @@ class RecordStore(Sequence):
                     folder_index=self.folder_index)
 
 
+class EntryRow(NamedTuple):
+    """One kept sample, as `EntryTable` rows are iterated."""
+
+    index: int
+    length: int
+    truncated: bool
+    image_hw: tuple
+
+
 @dataclass
 class EntryTable:
     """The scan's verdict on every kept sample, in record order."""
@@ -122,6 +132,10 @@ class EntryTable:
 
     def __len__(self) -> int:
         return len(self.length)
+
+    def __iter__(self):
+        for i in range(len(self)):
+            yield EntryRow(int(self.index[i]), int(self.length[i]), bool(self.truncated[i]), self.image_hw(i))
 
     def subset(self, keep: np.ndarray) -> "EntryTable":
         """The rows where the bool mask `keep` is True."""

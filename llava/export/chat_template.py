@@ -1,29 +1,37 @@
-"""Jinja chat templates for converted models that render exactly our conversation templates.
+"""Jinja chat templates for converted models, generated from the conversation style's record.
 
 A model finetuned with `--version v1` only answers well to prompts laid out as
 `conv_templates["v1"]` lays them out. transformers users build prompts with
 `processor.apply_chat_template(messages)`, so the converted processor carries a
 template that produces the same string, character for character, from
 transformers' message format (`{"role", "content": str | [{"type": "image"},
-{"type": "text", "text": ...}]}`). Images render as LLaVA writes them:
-`<image>\\n` before the text. The converter checks the equality on real
-conversations before it saves (`llava.export.check.check_chat_template`).
+{"type": "text", "text": ...}]}`).
+
+The template is written from the same `TurnFormat` record that
+`Conversation.get_prompt()` renders with (`llava.conversation.FORMATS`): each
+format string becomes a Jinja expression, its {text} the message content and
+{system} the system text, so the two cannot drift. In a user turn every image
+comes first, as `<image>\\n`, whatever the order of the content items: LLaVA
+trains on that layout, and llava-hf's templates do the same. The converter
+checks the equality on real conversations before it saves
+(`llava.export.check.check_chat_template`).
 """
 
 from __future__ import annotations
 
 import json
+import string
 
-from llava.conversation import LLAMA3_BOS, SeparatorStyle, get_conversation_template
+from llava.conversation import Conversation, get_conversation_template
 
-# Render a message's content: a plain string, or a list of image/text items in order.
+# A message's content: a plain string, or a list of items with every image first.
 _CONTENT_MACRO = (
     "{%- macro content(c) -%}"
     "{%- if c is string -%}{{ c }}"
-    "{%- else -%}{%- for item in c -%}"
-    "{%- if item['type'] == 'image' -%}{{ '<image>\\n' }}"
-    "{%- elif item['type'] == 'text' -%}{{ item['text'] }}{%- endif -%}"
-    "{%- endfor -%}{%- endif -%}"
+    "{%- else -%}"
+    "{%- for item in c -%}{%- if item['type'] == 'image' -%}{{ '<image>\\n' }}{%- endif -%}{%- endfor -%}"
+    "{%- for item in c -%}{%- if item['type'] == 'text' -%}{{ item['text'] }}{%- endif -%}{%- endfor -%}"
+    "{%- endif -%}"
     "{%- endmacro -%}"
 )
 
@@ -33,57 +41,60 @@ def _lit(text: str) -> str:
     return json.dumps(text)
 
 
-def _system_block(default: str) -> str:
-    """Set `system` (the first message if it is a system one, else the template's) and `turns`."""
-    return (
-        f"{{%- set system = {_lit(default)} -%}}"
-        "{%- set turns = messages -%}"
-        "{%- if messages and messages[0]['role'] == 'system' -%}"
-        "{%- set system = content(messages[0]['content']) -%}{%- set turns = messages[1:] -%}"
-        "{%- endif -%}"
-    )
+def _value(fmt: str, conv: Conversation, **variables: str) -> str:
+    """A Jinja expression for `fmt`: constants ({sep}, {sep2}) as literals, the rest as the given expressions."""
+    constants = {"sep": conv.sep, "sep2": conv.sep2 or ""}
+    parts = []
+    for literal, field, _, _ in string.Formatter().parse(fmt):
+        if literal:
+            parts.append(_lit(literal))
+        if field is None:
+            continue
+        if field in constants:
+            parts.append(_lit(constants[field]))
+        elif field in variables:
+            parts.append(f"({variables[field]})")
+        else:
+            raise KeyError(f"format field {{{field}}} has no Jinja value")
+    return " ~ ".join(parts) if parts else '""'
+
+
+def _expr(fmt: str, conv: Conversation, **variables: str) -> str:
+    """`{{ ... }}` printing `fmt` (nothing for an empty format)."""
+    return "{{ " + _value(fmt, conv, **variables) + " }}" if fmt else ""
 
 
 def chat_template_for(conv_mode: str) -> str:
-    """The Jinja template equal to `conv_templates[conv_mode]` for user/assistant/system messages."""
+    """The Jinja template equal to `conv_templates[conv_mode].get_prompt()` for user/assistant/system messages."""
     conv = get_conversation_template(conv_mode)
-    style = conv.sep_style
+    fmt = conv.format
+    if fmt.train_images_only:
+        raise ValueError(f"conv_mode {conv_mode!r} is the pretraining layout; convert a finetuned model instead")
     user, bot = conv.roles
-    if style == SeparatorStyle.TWO:  # SYSTEM USER: q ASSISTANT: a</s>USER: ...
-        body = (
-            f"{{{{ system ~ {_lit(conv.sep)} }}}}"
-            "{%- for m in turns -%}"
-            f"{{%- if m['role'] == 'user' -%}}{{{{ {_lit(user + ': ')} ~ content(m['content']) ~ {_lit(conv.sep)} }}}}"
-            f"{{%- elif m['role'] == 'assistant' -%}}{{{{ {_lit(bot + ': ')} ~ content(m['content']) ~ {_lit(conv.sep2)} }}}}"
-            "{%- endif -%}{%- endfor -%}"
-            f"{{%- if add_generation_prompt -%}}{{{{ {_lit(bot + ':')} }}}}{{%- endif -%}}"
-        )
-    elif style == SeparatorStyle.LLAMA_3:
-        header = "<|start_header_id|>{}<|end_header_id|>\n\n"
-        body = (
-            f"{{{{ {_lit(LLAMA3_BOS)} }}}}"
-            f"{{%- if system -%}}{{{{ {_lit(header.format('system'))} ~ system ~ '<|eot_id|>' }}}}{{%- endif -%}}"
-            "{%- for m in turns -%}"
-            "{{ '<|start_header_id|>' ~ m['role'] ~ '<|end_header_id|>\\n\\n' ~ content(m['content']) ~ '<|eot_id|>' }}"
-            "{%- endfor -%}"
-            f"{{%- if add_generation_prompt -%}}{{{{ {_lit(header.format('assistant'))} }}}}{{%- endif -%}}"
-        )
-    elif style == SeparatorStyle.CHATML:
-        user_tag, bot_tag = user.removeprefix("<|im_start|>"), bot.removeprefix("<|im_start|>")
-        body = (
-            "{%- if system -%}{{ '<|im_start|>system\\n' ~ system ~ '<|im_end|>\\n' }}{%- endif -%}"
-            "{%- for m in turns -%}"
-            f"{{%- if m['role'] == 'user' -%}}{{{{ '<|im_start|>' ~ {_lit(user_tag)} ~ '\\n' ~ content(m['content']) ~ '<|im_end|>\\n' }}}}"
-            f"{{%- elif m['role'] == 'assistant' -%}}{{{{ '<|im_start|>' ~ {_lit(bot_tag)} ~ '\\n' ~ content(m['content']) ~ '<|im_end|>\\n' }}}}"
-            "{%- endif -%}{%- endfor -%}"
-            f"{{%- if add_generation_prompt -%}}{{{{ '<|im_start|>' ~ {_lit(bot_tag)} ~ '\\n' }}}}{{%- endif -%}}"
-        )
-    else:
-        raise ValueError(
-            f"no chat template for conv_mode {conv_mode!r} (style {style.name}); "
-            "converted chat templates exist for v1/vicuna_v1/llava_v1, llava_llama_3, qwen_2/qwen_1_5/chatml_direct"
-        )
-    return _CONTENT_MACRO + _system_block(conv.system) + body
+    text = "content(m['content'])" + (" | trim" if fmt.strip else "")
+    system = "system | trim" if fmt.strip else "system"
+    header = _expr(fmt.header, conv, role=_lit(bot))
+    reply = _expr(fmt.reply, conv, text=text) + _expr(fmt.after_reply, conv)
+    user_turn = _expr(fmt.user, conv, role=_lit(user), text=text)
+    user_first = _expr(fmt.user_first or fmt.user, conv, role=_lit(user), text=text, sys="sys")
+    # Llama-3's template (Meta's, and so LLaVA-NeXT's get_prompt) ends with the assistant header unconditionally.
+    trailing = "true" if fmt.always_generation_prompt else "add_generation_prompt"
+    return (
+        _CONTENT_MACRO
+        + f"{{%- set system = {_lit(conv.system)} -%}}{{%- set turns = messages -%}}"
+        "{%- if messages and messages[0]['role'] == 'system' -%}"
+        "{%- set system = content(messages[0]['content']) -%}{%- set turns = messages[1:] -%}"
+        "{%- endif -%}"
+        f"{{%- set system = ({_lit(conv.system_prefix)} ~ system) if system else '' -%}}"
+        f"{{%- if system -%}}{{%- set sys = {_value(fmt.system, conv, system=system)} -%}}"
+        f"{{%- else -%}}{{%- set sys = {_value(fmt.system_empty, conv)} -%}}{{%- endif -%}}"
+        + _expr(fmt.start, conv, sys="sys", system="system")
+        + "{%- for m in turns -%}"
+        f"{{%- if m['role'] == 'user' -%}}{{%- if loop.first -%}}{user_first}{{%- else -%}}{user_turn}{{%- endif -%}}"
+        f"{{%- elif m['role'] == 'assistant' -%}}{header}{reply}"
+        "{%- endif -%}{%- endfor -%}"
+        f"{{%- if {trailing} -%}}{header}{{%- endif -%}}"
+    )
 
 
 def guess_conv_mode(tokenizer) -> str:

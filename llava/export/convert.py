@@ -110,15 +110,25 @@ def convert(model_path, output_dir, model_base=None, conv_mode=None, save_dtype=
     import torch
 
     from llava.mm_utils import get_model_name_from_path
-    from llava.export.hf_mapping import llava_to_hf
+    from llava.export.hf_mapping import check_expressible, llava_to_hf
     from llava.model.builder import load_pretrained_model
+    from llava.model import LlavaConfig
+    from llava.model.reference import checkpoint_has_tower, read_llava_config
+    from llava.model.vision_lora import STATE_PREFIX as VISION_LORA_STATE_PREFIX
     from llava.model.weights import check_matches_files
 
+    check_expressible(read_llava_config(model_path, LlavaConfig))  # name the setting before loading any weight
     tokenizer, model, image_processor, _ = load_pretrained_model(
         str(model_path), model_base, get_model_name_from_path(str(model_path)), device="cpu", torch_dtype="float32"
     )
     # Counted from the files themselves: from_pretrained would have filled a missing tensor with random values.
-    read = check_matches_files(model, model_path) if model_base is None else None
+    # The tower's LoRA branches (--mm_vision_lora_enable) were merged into its weights by load_pretrained_model.
+    # A reference-code checkpoint may keep no tower weights: load_pretrained_model read them from its folder.
+    may_lack = () if checkpoint_has_tower(model_path) else ("model.vision_tower.",)
+    read = check_matches_files(model, model_path, may_lack=may_lack, merged=(VISION_LORA_STATE_PREFIX,)) \
+        if model_base is None else None
+    if read is not None and may_lack:  # the tower's tensors were read too, from its folder
+        read += sum(1 for name in model.state_dict() if name.startswith(may_lack))
     stored = stored_dtype(model_path)
     conv_mode = conv_mode or guess_conv_mode(tokenizer)
     image_token_id = add_image_token(tokenizer)

@@ -13,18 +13,20 @@ rather than from the folder name, which LLaVA used.
 
 from __future__ import annotations
 
+import json
 import os
+import warnings
 from pathlib import Path
 
 import torch
 
 from llava.constants import DEFAULT_IM_END_TOKEN, DEFAULT_IM_START_TOKEN, DEFAULT_IMAGE_PATCH_TOKEN
+from llava.model import reference
 from llava.model.weights import NON_LORA_FILE, PROJECTOR_FILE, check_matches_files, load_partial_state, param_roles
+from llava.model.vision_lora import merge_model_vision_lora
 
 # Modules that stay unquantised under bitsandbytes (built inside our model, unlike LLaVA's separate tower).
 QUANTIZATION_SKIP_MODULES = ["vision_tower", "mm_projector", "lm_head"]
-# Parameter-name prefixes a base LLM folder lacks; they come from the tower folder and the partial file.
-MULTIMODAL_PREFIXES = ("model.mm_projector.", "model.image_newline", "model.vision_tower.")
 
 
 def _as_dtype(torch_dtype) -> torch.dtype:
@@ -76,44 +78,31 @@ def _load_kwargs(load_8bit, load_4bit, device_map, device, dtype, attn_implement
     return kwargs
 
 
-def _model_class(config, model_name: str):
-    """Our class for a config: by `model_type`, by name hints only when the type says nothing."""
+def _llava_config(path, model_name: str, customized_config=None, overwrite_config=None):
+    """Our model class and the folder's config (normalised by `llava.model.reference`), with LLaVA-NeXT's overrides.
+
+    `customized_config`: a config object, or a folder / JSON file, used instead
+    of the folder's; `overwrite_config`: {attribute: value} set on it.
+    """
     from llava.model import LlavaLlamaForCausalLM, LlavaQwenForCausalLM
 
-    kind = getattr(config, "model_type", "")
-    if kind in ("llava_qwen", "qwen2"):
-        return LlavaQwenForCausalLM
-    if kind in ("llava_llama", "llama"):
-        return LlavaLlamaForCausalLM
-    return LlavaQwenForCausalLM if "qwen" in (model_name or "").lower() else LlavaLlamaForCausalLM
-
-
-def _llava_config(path, model_name: str):
-    """The folder's config as our Llava config class (a plain LLM config is upgraded)."""
-    from transformers import AutoConfig
-
-    config = AutoConfig.from_pretrained(path)
-    cls = _model_class(config, model_name)
-    if not isinstance(config, cls.config_class):
-        config = cls.config_class.from_dict(config.to_dict())
+    source = customized_config if isinstance(customized_config, (str, os.PathLike)) else path
+    if Path(source).is_file():  # a JSON config file
+        raw = reference.normalized(json.loads(Path(source).read_text()), source)
+    else:
+        raw = reference.normalized(reference.config_dict(source), source)
+    if "qwen" in raw.get("model_type", "") or ("llama" not in raw.get("model_type", "") and "qwen" in model_name.lower()):
+        cls = LlavaQwenForCausalLM
+    else:
+        cls = LlavaLlamaForCausalLM
+    if customized_config is not None and not isinstance(customized_config, (str, os.PathLike)):
+        config = customized_config
+    else:
+        raw.pop("model_type", None)
+        config = cls.config_class.from_dict(raw)
+    for key, value in (overwrite_config or {}).items():
+        setattr(config, key, value)
     return cls, config
-
-
-def _load_tower_from_folder(model, config):
-    """Pretrained tower weights from `config.mm_vision_tower` (the base LLM folder has none)."""
-    from llava.model.vision_tower import build_vision_tower
-
-    folder = getattr(config, "mm_vision_tower", None)
-    if not folder or not (Path(folder) / "config.json").is_file():
-        raise FileNotFoundError(
-            f"this checkpoint keeps no vision tower weights; its mm_vision_tower folder {folder!r} "
-            "is needed and was not found"
-        )
-    fresh = build_vision_tower(folder, select_layer=config.mm_vision_select_layer,
-                               select_feature=getattr(config, "mm_vision_select_feature", "patch"))
-    tower = model.get_vision_tower()
-    tower.vision_tower.load_state_dict(fresh.vision_tower.state_dict())
-    tower.image_processor = fresh.image_processor
 
 
 def _load_into(model, path: Path, what: str):
@@ -131,7 +120,7 @@ def _load_into(model, path: Path, what: str):
 
 def _check_loading_info(info: dict, folder, may_lack=()) -> None:
     """Refuse what `from_pretrained` would only report: missing (re-initialised), unexpected or mismatched tensors."""
-    missing = sorted(k for k in info.get("missing_keys", ()) if not k.startswith(tuple(may_lack)))
+    missing = sorted(set(info.get("missing_keys", ())) - set(may_lack))
     problems = {"missing": missing, "unexpected": sorted(info.get("unexpected_keys", ())),
                 "wrong shape": sorted(map(str, info.get("mismatched_keys", ())))}
     found = [f"{kind} {names[:8]}" for kind, names in problems.items() if names]
@@ -139,15 +128,23 @@ def _check_loading_info(info: dict, folder, may_lack=()) -> None:
         raise ValueError(f"{folder}: the weights do not match the model: " + "; ".join(found))
 
 
-def _load_full(model_path: Path, model_name, load_kwargs):
-    """A full checkpoint, strictly: the files' own tensors must be exactly the model's (names and shapes)."""
-    cls, config = _llava_config(model_path, model_name)
+def _load_full(model_path: Path, model_name, load_kwargs, customized_config=None, overwrite_config=None):
+    """A full checkpoint, strictly: the files' own tensors must be exactly the model's (names and shapes).
+
+    A reference-code checkpoint that saved no tower weights gets them from its
+    `mm_vision_tower` folder (`llava.model.reference`); only those may be absent from the files.
+    """
+    cls, config = _llava_config(model_path, model_name, customized_config, overwrite_config)
     model, info = cls.from_pretrained(model_path, config=config, output_loading_info=True,
                                       ignore_mismatched_sizes=True, **load_kwargs)
+    tower_from_folder = bool(getattr(config, "mm_vision_tower", None)) and not reference.checkpoint_has_tower(model_path)
+    if tower_from_folder:
+        reference.load_tower_from_folder(model, config.mm_vision_tower)
+    may_lack = ("model.vision_tower.",) if tower_from_folder else ()
     if "quantization_config" in load_kwargs:  # packed 4/8-bit shapes differ from the files': trust the loader's report
-        _check_loading_info(info, model_path)
+        _check_loading_info(info, model_path, may_lack=may_lack)
     else:
-        check_matches_files(model, model_path)
+        check_matches_files(model, model_path, may_lack=may_lack)
     return model
 
 
@@ -159,10 +156,11 @@ def _from_base(model_path: Path, model_base, model_name, load_kwargs):
     base_vocab = AutoConfig.from_pretrained(model_base).vocab_size
     target_vocab, config.vocab_size = config.vocab_size, base_vocab
     model, info = cls.from_pretrained(model_base, config=config, output_loading_info=True, **load_kwargs)
-    _check_loading_info(info, model_base, may_lack=MULTIMODAL_PREFIXES)
+    # A base LLM folder lacks only the multimodal weights: the tower folder and the partial file provide them.
+    _check_loading_info(info, model_base, may_lack=[n for named in param_roles(model).values() for n, _ in named])
     if target_vocab != base_vocab:
         model.resize_token_embeddings(target_vocab)
-    _load_tower_from_folder(model, config)
+    reference.load_tower_from_folder(model, getattr(config, "mm_vision_tower", None))
     return model
 
 
@@ -214,19 +212,46 @@ def _add_llava_tokens(tokenizer, model):
         model.resize_token_embeddings(len(tokenizer))
 
 
+def _resolve_device(device_map, device, dtype):
+    """LLaVA's defaults (device "cuda", device_map "auto", fp16) on a machine without CUDA: CPU in fp32, one warning.
+
+    LLaVA's scripts and lmms-eval call with those defaults and have no other
+    route to the CPU. An explicit CUDA device (`device="cuda:1"`,
+    `device_map="cuda:0"`) still fails clearly.
+    """
+    if torch.cuda.is_available() or device != "cuda" or device_map not in ("auto", None):
+        return device_map, device, dtype
+    warnings.warn("CUDA is not available: loading on the CPU in float32 (device_map='auto', device='cuda' ignored)",
+                  stacklevel=3)
+    return None, "cpu", torch.float32
+
+
+def _context_len(config) -> int:
+    """As LLaVA-NeXT reports it: max_sequence_length, else max_position_embeddings, else the tokenizer's, else 2048."""
+    for name in ("max_sequence_length", "max_position_embeddings", "tokenizer_model_max_length"):
+        if getattr(config, name, None):
+            return int(getattr(config, name))
+    return 2048
+
+
 def load_pretrained_model(model_path, model_base, model_name, load_8bit=False, load_4bit=False, device_map="auto",
-                          device="cuda", torch_dtype="float16", attn_implementation=None, **kwargs):
+                          device="cuda", torch_dtype="float16", attn_implementation=None, customized_config=None,
+                          overwrite_config=None, multimodal=True, **kwargs):
     """Load a LLaVA checkpoint; returns (tokenizer, model, image_processor, context_len) as LLaVA does.
 
     `model_base` is the LLM folder a LoRA or projector-only checkpoint was
-    trained on (None for a full checkpoint). On a CPU-only machine pass
-    `device="cpu", torch_dtype="float32"`.
+    trained on (None for a full checkpoint). Without CUDA, LLaVA's defaults
+    load on the CPU in fp32 (`_resolve_device`). LLaVA-NeXT's arguments:
+    `customized_config` / `overwrite_config` (full checkpoints), and
+    `multimodal`, accepted and ignored (the model family comes from the config,
+    not the folder name).
     """
     from transformers import AutoTokenizer
 
     model_path = Path(model_path)
-    dtype = _as_dtype(torch_dtype)
-    if kwargs.pop("use_flash_attn", False) and attn_implementation is None:  # LLaVA's older flag
+    device_map, device, dtype = _resolve_device(device_map, device, _as_dtype(torch_dtype))
+    flash = kwargs.pop("use_flash_attn", False) or kwargs.pop("use_flash_attention_2", False)  # older flags
+    if flash and attn_implementation is None:
         attn_implementation = "flash_attention_2"
     load_kwargs = {**kwargs, **_load_kwargs(load_8bit, load_4bit, device_map, device, dtype, attn_implementation)}
     is_lora = (model_path / "adapter_config.json").is_file()
@@ -239,17 +264,15 @@ def load_pretrained_model(model_path, model_base, model_name, load_8bit=False, l
     elif model_base is not None:
         model = _load_projector_only(model_path, model_base, model_name, load_kwargs)
     else:
-        model = _load_full(model_path, model_name, load_kwargs)
+        model = _load_full(model_path, model_name, load_kwargs, customized_config, overwrite_config)
 
     if "device_map" not in load_kwargs:  # the tower is a submodule, so it moves too
         model.to(device=device, dtype=dtype)
+    merge_model_vision_lora(model)  # --mm_vision_lora_enable checkpoints: fold the tower's LoRA into its weights
     _add_llava_tokens(tokenizer, model)
     tower = model.get_vision_tower()
     image_processor = _image_processor(tower, model_path, model.config)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
     model.eval()
-    config = model.config
-    context_len = (getattr(config, "max_sequence_length", None) or getattr(config, "tokenizer_model_max_length", None)
-                   or 2048)
-    return tokenizer, model, image_processor, int(context_len)
+    return tokenizer, model, image_processor, _context_len(model.config)

@@ -1,12 +1,13 @@
 """The image splice as small pure tensor functions.
 
-Two steps, shared by every LLM wrapper:
+Two steps, shared by every LLM wrapper (a padded batch or a packed one):
 1. `pack_image_features`: one image's projected tile features -> its token
    sequence, in transformers' `LlavaNextModel.pack_image_features` order, so
    a converted checkpoint sees the same sequence;
 2. `splice_batch`: put each image's tokens where its `IMAGE_TOKEN_INDEX`
    marker was, mask labels there, re-pad the batch and rebuild attention mask
-   and position ids.
+   and position ids; `splice_packed` does the same per sample for a
+   padding-free batch (docs/Packing.md) and keeps the samples in one row.
 
 All size maths comes from `llava.anyres` (`ImageLayout`, `unpad_bounds`).
 """
@@ -91,34 +92,93 @@ def splice_batch(
     if padding_side not in ("left", "right"):
         raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
     keep = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
-    is_marker = (input_ids == IMAGE_TOKEN_INDEX) & keep
-    n_markers = int(is_marker.sum())
-    if n_markers != len(image_tokens):
-        raise ValueError(
-            f"the batch has {n_markers} image markers (IMAGE_TOKEN_INDEX) but {len(image_tokens)} images were given"
-        )
+    _check_markers(input_ids, keep, len(image_tokens))
+    images = iter(image_tokens)
     rows_embeds, rows_labels = [], []
-    next_image = 0
     for b in range(input_ids.shape[0]):
         real = keep[b].nonzero().squeeze(1)
-        ids, embeds = input_ids[b, real], text_embeds[b, real]
         row_labels = labels[b, real] if labels is not None else None
-        starts = (ids == IMAGE_TOKEN_INDEX).nonzero().squeeze(1).tolist()
-        pieces, label_pieces, prev = [], [], 0
-        for pos in starts:
-            image = image_tokens[next_image]
-            next_image += 1
-            pieces += [embeds[prev:pos], image.to(embeds.dtype)]
-            if row_labels is not None:
-                ignore = row_labels.new_full((image.shape[0],), IGNORE_INDEX)
-                label_pieces += [row_labels[prev:pos], ignore]
-            prev = pos + 1
-        pieces.append(embeds[prev:])
-        rows_embeds.append(torch.cat(pieces)[:max_length])
-        if row_labels is not None:
-            label_pieces.append(row_labels[prev:])
-            rows_labels.append(torch.cat(label_pieces)[:max_length])
+        row_embeds, row_labels = _splice_row(input_ids[b, real], text_embeds[b, real], row_labels, images, max_length)
+        rows_embeds.append(row_embeds)
+        rows_labels.append(row_labels)
     return _pad(rows_embeds, rows_labels if labels is not None else None, padding_side)
+
+
+def _check_markers(input_ids: torch.Tensor, keep: torch.Tensor, n_images: int) -> None:
+    n_markers = int(((input_ids == IMAGE_TOKEN_INDEX) & keep).sum())
+    if n_markers != n_images:
+        raise ValueError(f"the batch has {n_markers} image markers (IMAGE_TOKEN_INDEX) but {n_images} images were given")
+
+
+def _splice_row(ids, embeds, row_labels, images, max_length):
+    """One sample (or padded row without its padding): ids [L], embeds [L, H], labels [L] or None.
+
+    `images` is an iterator over the image token tensors; this row takes one per
+    marker. Returns (embeds [T, H], labels [T] or None), truncated to `max_length`.
+    """
+    starts = (ids == IMAGE_TOKEN_INDEX).nonzero().squeeze(1).tolist()
+    pieces, label_pieces, prev = [], [], 0
+    for pos in starts:
+        image = next(images)
+        pieces += [embeds[prev:pos], image.to(embeds.dtype)]
+        if row_labels is not None:
+            label_pieces += [row_labels[prev:pos], row_labels.new_full((image.shape[0],), IGNORE_INDEX)]
+        prev = pos + 1
+    pieces.append(embeds[prev:])
+    out_labels = None
+    if row_labels is not None:
+        label_pieces.append(row_labels[prev:])
+        out_labels = torch.cat(label_pieces)[:max_length]
+    return torch.cat(pieces)[:max_length], out_labels
+
+
+def sample_lengths(position_ids: torch.Tensor) -> list[int]:
+    """Lengths of the samples packed in `position_ids` [B, L] (each restarts at 0), in reading order over rows.
+
+    Every row must start a sample: a sample split across rows would see only part of itself.
+    """
+    if position_ids.ndim != 2 or not bool((position_ids[:, 0] == 0).all()):
+        raise ValueError(f"packed position_ids must be [rows, length] with every row starting at 0, "
+                         f"got shape {tuple(position_ids.shape)}")
+    flat = position_ids.reshape(-1)
+    starts = (flat == 0).nonzero().squeeze(1).tolist() + [flat.numel()]
+    return [end - start for start, end in zip(starts[:-1], starts[1:])]
+
+
+def splice_packed(
+    input_ids: torch.Tensor,
+    position_ids: torch.Tensor,
+    text_embeds: torch.Tensor,
+    image_tokens: list[torch.Tensor],
+    labels: torch.Tensor | None = None,
+    max_length: int | None = None,
+):
+    """The splice for a padding-free batch: samples packed in rows, positions restarting at 0 per sample.
+
+    Each sample is spliced on its own (so `max_length` truncates each sample,
+    exactly as in the padded batch), then all samples go into one row. Returns
+    (inputs_embeds [1, T, H], position_ids [1, T], labels [1, T] or None,
+    sample lengths after the splice). Each sample's first label is IGNORE_INDEX,
+    so no token is trained to predict the next sample's first token.
+    """
+    lengths = sample_lengths(position_ids)
+    _check_markers(input_ids, torch.ones_like(input_ids, dtype=torch.bool), len(image_tokens))
+    flat_ids, flat_embeds = input_ids.reshape(-1), text_embeds.reshape(-1, text_embeds.shape[-1])
+    flat_labels = labels.reshape(-1) if labels is not None else None
+    images = iter(image_tokens)
+    embeds, out_labels, out_lengths, start = [], [], [], 0
+    for n in lengths:
+        span = slice(start, start + n)
+        sample_labels = flat_labels[span] if flat_labels is not None else None
+        row_embeds, row_labels = _splice_row(flat_ids[span], flat_embeds[span], sample_labels, images, max_length)
+        embeds.append(row_embeds)
+        out_lengths.append(row_embeds.shape[0])
+        if row_labels is not None:
+            out_labels.append(torch.cat([row_labels.new_full((1,), IGNORE_INDEX), row_labels[1:]]))
+        start += n
+    positions = torch.cat([torch.arange(n, device=input_ids.device) for n in out_lengths])
+    new_labels = torch.cat(out_labels)[None] if flat_labels is not None else None
+    return torch.cat(embeds)[None], positions[None], new_labels, out_lengths
 
 
 def _pad(rows_embeds, rows_labels, padding_side):

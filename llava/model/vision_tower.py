@@ -112,7 +112,7 @@ class VisionTower(nn.Module):
         """
         if isinstance(tiles, (list, tuple)):
             return [self.forward(t.unsqueeze(0) if t.ndim == 3 else t) for t in tiles]
-        trainable = any(p.requires_grad for p in self.vision_tower.parameters())
+        trainable = any(p.requires_grad for p in self.parameters())  # the tower, or its LoRA branches
         with torch.set_grad_enabled(torch.is_grad_enabled() and trainable):
             out = self.vision_tower(
                 tiles.to(device=self.device, dtype=self.dtype), output_hidden_states=True, return_dict=True
@@ -163,11 +163,24 @@ def build_vision_tower(path_or_config, select_layer: int = -2, select_feature: s
     A model config (anything with `mm_vision_tower`) is read the way LLaVA's
     `build_vision_tower(model_args)` reads it: its stored `mm_vision_config`
     wins over the folder so a checkpoint never needs the original tower.
+    Without one (a config written by LLaVA's own code), the tower is built
+    from the folder's *config* with random weights, never with
+    `from_pretrained`: this runs inside the model's construction, which
+    transformers does on the meta device, where loading weights raises. The
+    checkpoint's tensors (or `reference.load_tower_from_folder`) fill it.
     """
-    if not isinstance(path_or_config, (dict, str, os.PathLike)):
-        cfg = path_or_config
-        select_layer = getattr(cfg, "mm_vision_select_layer", select_layer)
-        select_feature = getattr(cfg, "mm_vision_select_feature", select_feature) or select_feature
-        stored = getattr(cfg, "mm_vision_config", None)
-        path_or_config = stored if stored else getattr(cfg, "mm_vision_tower", None) or getattr(cfg, "vision_tower")
-    return VisionTower(path_or_config, select_layer=select_layer, select_feature=select_feature, delay_load=delay_load)
+    if isinstance(path_or_config, (dict, str, os.PathLike)):
+        return VisionTower(path_or_config, select_layer=select_layer, select_feature=select_feature,
+                           delay_load=delay_load)
+    cfg = path_or_config
+    select_layer = getattr(cfg, "mm_vision_select_layer", select_layer)
+    select_feature = getattr(cfg, "mm_vision_select_feature", select_feature) or select_feature
+    stored = getattr(cfg, "mm_vision_config", None)
+    folder = getattr(cfg, "mm_vision_tower", None) or getattr(cfg, "vision_tower")
+    if stored:
+        return VisionTower(stored, select_layer=select_layer, select_feature=select_feature, delay_load=delay_load)
+    tower = VisionTower({**read_vision_config(folder), "_name_or_path": os.fspath(folder)},
+                        select_layer=select_layer, select_feature=select_feature, delay_load=delay_load)
+    if os.path.isfile(os.path.join(folder, "preprocessor_config.json")):
+        tower.set_image_processor(folder)
+    return tower

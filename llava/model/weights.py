@@ -21,12 +21,15 @@ import struct
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
 from torch import nn
+from transformers.conversion_mapping import get_model_conversion_mapping
+from transformers.core_model_loading import WeightRenaming, rename_source_key
 
 PROJECTOR_FILE = "mm_projector.bin"
 """Pretrain stage output: `model.mm_projector.*` and `model.image_newline` (LLaVA's name)."""
 NON_LORA_FILE = "non_lora_trainables.bin"
-"""LoRA output: the trainable tensors outside the adapters (projector, newline, unfrozen tower), PEFT names."""
+"""LoRA output: the trainable tensors outside the adapters (projector, newline, unfrozen tower, tower LoRA), PEFT names."""
 SAFE_WEIGHTS_FILE = "model.safetensors"
 SAFE_WEIGHTS_INDEX_FILE = "model.safetensors.index.json"
 PEFT_PREFIX = "base_model.model."
@@ -46,7 +49,8 @@ def param_roles(model: nn.Module) -> dict[str, list[tuple[str, nn.Parameter]]]:
     Names are the outer model's (`model.mm_projector.0.weight`,
     `model.image_newline`, `model.vision_tower.*`).
     """
-    inner = unwrap_peft(model).get_model()
+    base = unwrap_peft(model)
+    inner = base.get_model() if hasattr(base, "get_model") else base  # the outer LLaVA model or its inner one
     projector = getattr(inner, "mm_projector", None)
     named = [(f"model.mm_projector.{n}", p) for n, p in projector.named_parameters()] if projector is not None else []
     newline = getattr(inner, "image_newline", None)
@@ -147,9 +151,6 @@ def weight_files(folder) -> list[Path]:
 
 def _renamer(model):
     """key -> the model's own name, with the renames `from_pretrained` applies (e.g. CLIP's `vision_model.` level)."""
-    from transformers.conversion_mapping import get_model_conversion_mapping
-    from transformers.core_model_loading import WeightRenaming, rename_source_key
-
     conversions = get_model_conversion_mapping(model, add_legacy=False)
     renamings = [c for c in conversions if isinstance(c, WeightRenaming)]
     if len(renamings) != len(conversions):
@@ -167,15 +168,20 @@ def file_tensor_shapes(folder, model) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def check_matches_files(model: nn.Module, folder) -> int:
+def check_matches_files(model: nn.Module, folder, may_lack: tuple[str, ...] = (), merged: tuple[str, ...] = ()) -> int:
     """Raise unless the folder's files hold exactly the model's tensors, with its shapes; returns their count.
 
     Tied weights (e.g. `lm_head.weight` when `tie_word_embeddings`) are stored once and not expected.
+    `may_lack`: name prefixes the files may omit because they were loaded from elsewhere
+    (a reference checkpoint's tower, read from its own folder).
+    `merged`: name prefixes the files hold but the model no longer has, because they were folded
+    into its other weights at load (a vision-tower LoRA); they are not counted.
     """
     files = file_tensor_shapes(folder, model)
+    files = {n: s for n, s in files.items() if not (merged and n.startswith(merged))}
     tied = set(getattr(model, "all_tied_weights_keys", None) or {})
     expected = {name: tuple(t.shape) for name, t in model.state_dict().items() if name not in tied}
-    missing = sorted(set(expected) - set(files))
+    missing = sorted(n for n in set(expected) - set(files) if not n.startswith(may_lack))
     extra = sorted(set(files) - set(expected) - tied)
     wrong = [f"{n} {files[n]} vs model {expected[n]}" for n in sorted(set(files) & set(expected)) if files[n] != expected[n]]
     problems = ([f"missing {missing[:8]}"] if missing else []) + ([f"extra {extra[:8]}"] if extra else []) + (
@@ -193,8 +199,6 @@ def load_full_checkpoint(model: nn.Module, folder) -> None:
     level that the in-memory modules lack, so the tower would silently stay
     at its initial weights. Keys are renamed as `from_pretrained` does.
     """
-    from safetensors.torch import load_file
-
     check_matches_files(model, folder)
     rename = _renamer(model)
     state = {}

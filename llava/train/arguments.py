@@ -134,6 +134,15 @@ class TrainingArguments(transformers.TrainingArguments):
     lora_dropout: float = field(default=0.05, metadata={"help": "Dropout on the LoRA branch."})
     lora_weight_path: str = field(default="", metadata={"help": "LLaVA flag; unused."})
     lora_bias: str = field(default="none", metadata={"help": "Which biases train with LoRA: none, all or lora_only."})
+    mm_vision_lora_enable: bool = field(
+        default=False,
+        metadata={"help": "Train the vision tower only through LoRA on its linear layers (XTuner's LLaVA-Llama-3 "
+                  "finetune); the tower's own weights stay frozen, the branches take --mm_vision_tower_lr "
+                  "(default --learning_rate). Combines with a full or a LoRA LLM; merged at load and conversion."},
+    )
+    mm_vision_lora_r: int = field(default=64, metadata={"help": "Vision-tower LoRA rank."})
+    mm_vision_lora_alpha: int = field(default=16, metadata={"help": "Vision-tower LoRA alpha (scale = alpha / r)."})
+    mm_vision_lora_dropout: float = field(default=0.05, metadata={"help": "Dropout on the vision-tower LoRA branch."})
     mm_projector_lr: float | None = field(
         default=None, metadata={"help": "Learning rate of the projector and image_newline; default: --learning_rate."}
     )
@@ -145,6 +154,8 @@ class TrainingArguments(transformers.TrainingArguments):
         default=False,
         metadata={"help": "Batches hold only image or only text samples, grouped by length (LLaVA's sampler)."},
     )
+    packing: bool = field(default=False, metadata={"help": "Padding-free batches: each micro-batch in one row, "
+                          "attention kept within each sample (docs/Packing.md); same loss, no padding."})
     attn_implementation: str | None = field(
         default=None,
         metadata={"help": "LLM attention: flash_attention_2, sdpa or eager; default sdpa (train_mem.py: flash_attention_2, "

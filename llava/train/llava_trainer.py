@@ -9,12 +9,15 @@ What it changes, and why:
   (+ config) instead of the whole frozen model, with LoRA the adapter plus
   `non_lora_trainables.bin`, always with the optimizer, scheduler, RNG and
   trainer state, so every stage resumes exactly;
+- how checkpoints are written and resumed (docs/Checkpoints.md): into a
+  `.partial-*` folder renamed when complete; a resume must be complete, of
+  the same layout and data order (`llava_resume.json`), and loads every
+  tensor strictly; DeepSpeed engine states load without unpickling code;
 - token and padding counts for the throughput callback.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
@@ -36,6 +39,7 @@ from llava.model.weights import (
     unwrap_peft,
 )
 from llava.train import checkpoints
+from llava.train.deepspeed_loads import weights_only_deepspeed_loads
 from llava.train.sampler import ModalityLengthGroupedSampler
 from llava.train.saving import gather_state, lora_state, non_lora_trainables, projector_named_params
 from llava.train.throughput import ThroughputCallback
@@ -159,6 +163,7 @@ class LLaVATrainer(Trainer):
             num_chunks=self.args.world_size * self.args.gradient_accumulation_steps,
             seed=seed,
             pure=needs_same_modality_across_ranks(self.args),
+            world_size=self.args.world_size,
         )
 
     # ---- throughput counts ----
@@ -259,26 +264,9 @@ class LLaVATrainer(Trainer):
 
     def check_resume(self, folder) -> None:
         """Refuse a checkpoint that is incomplete, of another layout, or whose data order differs; then say so."""
-        folder = Path(folder)
-        problems = checkpoints.checkpoint_problems(folder)
-        if problems:
-            raise ValueError(f"cannot resume from {folder}: " + "; ".join(problems))
-        layout, contract = checkpoints.read_resume_file(folder)
-        ours = self._layout()
-        if (layout.stage, layout.lora, layout.deepspeed) != (ours.stage, ours.lora, ours.deepspeed):
-            raise ValueError(f"cannot resume from {folder}: it was written by a {layout} run; this one is {ours}")
-        changed = contract.differences(self.resume_contract())
-        if changed:
-            raise ValueError(
-                f"cannot resume from {folder} exactly: {'; '.join(changed)}. The order of the samples depends on "
-                "these; resume with the checkpoint's values, or train into a new --output_dir.")
-        state = json.loads((folder / checkpoints.TRAINER_STATE_FILE).read_text())
+        line = checkpoints.check_resume(folder, self._layout(), self.resume_contract())
         if self.args.should_log:
-            logger.warning(
-                "resuming from %s: step %s, epoch %.3g; %d process(es) x batch %d x accumulation %d, %d samples "
-                "(fingerprint %s, seed %s)", folder.name, state.get("global_step"), state.get("epoch") or 0,
-                contract.world_size, contract.per_device_train_batch_size, contract.gradient_accumulation_steps,
-                contract.dataset_size, contract.dataset_fingerprint, contract.seed)
+            logger.warning(line)
 
     def train(self, resume_from_checkpoint=None, trial=None, **kwargs):
         """transformers' train; `True` resumes from the newest complete checkpoint, any resume is checked first."""
@@ -333,9 +321,10 @@ class LLaVATrainer(Trainer):
             return super()._prepare_for_training(max_steps, train_dataloader, resume_from_checkpoint)
         model, train_dataloader = super()._prepare_for_training(max_steps, train_dataloader, None)
         engine = self.model_wrapped
-        with checkpoints.weights_only_deepspeed_loads(engine):
-            load_path, _ = engine.load_checkpoint(resume_from_checkpoint, load_module_strict=unwrap_peft(self.model) is self.model,
-                                                  load_optimizer_states=True, load_lr_scheduler_states=True)
+        with weights_only_deepspeed_loads(engine):
+            load_path, _ = engine.load_checkpoint(
+                resume_from_checkpoint, load_module_strict=unwrap_peft(self.model) is self.model,
+                load_optimizer_states=True, load_lr_scheduler_states=True)
         if load_path is None:
             raise ValueError(f"DeepSpeed found no engine state in {resume_from_checkpoint}")
         self._load_optimizer_and_scheduler(resume_from_checkpoint)

@@ -11,7 +11,10 @@ import logging
 import torch
 
 from llava.anyres import ImageLayout
+from llava.model import reference
 from llava.model.weights import param_roles, unwrap_peft
+from llava.model.vision_lora import MODULE_NAME as VISION_LORA
+from llava.model.vision_lora import add_vision_lora, has_vision_lora
 
 logger = logging.getLogger(__name__)
 
@@ -71,12 +74,10 @@ def load_tokenizer(model_args, training_args):
 
 
 def _model_class(model_name_or_path):
-    from transformers import AutoConfig
-
     from llava.model import LlavaLlamaForCausalLM, LlavaQwenForCausalLM
 
-    kind = getattr(AutoConfig.from_pretrained(model_name_or_path), "model_type", "")
-    return LlavaQwenForCausalLM if kind in ("qwen2", "llava_qwen") else LlavaLlamaForCausalLM
+    kind = reference.model_type(model_name_or_path)  # also a reference checkpoint's "llava" type
+    return LlavaQwenForCausalLM if kind == "llava_qwen" else LlavaLlamaForCausalLM
 
 
 def _share_process_group_with_deepspeed(training_args) -> None:
@@ -102,7 +103,8 @@ def load_model(model_args, training_args):
 
     _share_process_group_with_deepspeed(training_args)
     cls = _model_class(model_args.model_name_or_path)
-    model = cls.from_pretrained(
+    model = reference.from_pretrained(  # our folders and the reference code's (see llava.model.reference)
+        cls,
         model_args.model_name_or_path,
         cache_dir=training_args.cache_dir,
         attn_implementation=resolve_attn_implementation(training_args.attn_implementation),
@@ -137,7 +139,24 @@ def init_vision(model, model_args, layout: ImageLayout, training_args):
     config.unfreeze_mm_vision_tower = training_args.unfreeze_mm_vision_tower
     config.mm_projector_lr = training_args.mm_projector_lr
     config.mm_vision_tower_lr = training_args.mm_vision_tower_lr
+    init_vision_lora(tower, config, model_args, training_args)
     return tower
+
+
+def init_vision_lora(tower, config, model_args, training_args) -> None:
+    """--mm_vision_lora_enable: LoRA branches on the tower's linears, recorded in the config for reloading."""
+    config.mm_vision_lora = None
+    if not training_args.mm_vision_lora_enable:
+        return
+    if model_args.tune_mm_mlp_adapter:
+        raise ValueError("--mm_vision_lora_enable is a finetune setting; the pretrain stage "
+                         "(--tune_mm_mlp_adapter True) trains and saves only the projector")
+    if training_args.unfreeze_mm_vision_tower:
+        raise ValueError("--mm_vision_lora_enable trains the tower through LoRA only; "
+                         "drop --unfreeze_mm_vision_tower (or the LoRA) to train it fully")
+    config.mm_vision_lora = {"r": training_args.mm_vision_lora_r, "alpha": training_args.mm_vision_lora_alpha,
+                             "dropout": training_args.mm_vision_lora_dropout}
+    add_vision_lora(tower, **config.mm_vision_lora)
 
 
 def set_trainable(model, model_args, training_args) -> None:
@@ -170,3 +189,20 @@ def set_trainable(model, model_args, training_args) -> None:
         param.requires_grad_(pretrain or not training_args.freeze_mm_mlp_adapter)
     if tower is not None:
         tower.requires_grad_(bool(training_args.unfreeze_mm_vision_tower) and not pretrain)
+        if has_vision_lora(tower):  # the tower's weights stay frozen, its LoRA branches train
+            getattr(tower, VISION_LORA).requires_grad_(not pretrain)
+
+
+def allow_frozen_quantized_llm(model, model_args, training_args) -> None:
+    """--bits 4/8 with --tune_mm_mlp_adapter True: a frozen quantized LLM under a trainable projector.
+
+    transformers' Trainer refuses to train a quantized model unless adapters
+    are attached to it ("purely quantized models"), recognising adapters by a
+    PEFT wrapper or by `_hf_peft_config_loaded`. In the pretrain stage the
+    trainable part on top of the frozen quantized LLM is the projector
+    (XTuner's single-GPU pretrain), so the model is marked as carrying one.
+    The flag also makes transformers' `save_pretrained` write adapters only;
+    the pretrain stage never calls it (it saves `mm_projector.bin`).
+    """
+    if training_args.bits in (4, 8) and model_args.tune_mm_mlp_adapter and not training_args.lora_enable:
+        model._hf_peft_config_loaded = True

@@ -21,6 +21,7 @@ import torch
 from transformers import TrainerCallback
 
 from llava.constants import IMAGE_TOKEN_INDEX
+from llava.model.splice import sample_lengths
 from llava.model.weights import role_ids
 
 # Dense bf16 peak FLOP/s by device-name substring (most specific first).
@@ -39,27 +40,40 @@ def device_peak_flops(name: str | None = None) -> float | None:
     return None
 
 
-def count_batch_tokens(inputs: dict, layout, max_length: int | None) -> tuple[int, int, int]:
-    """(samples, real tokens, padded slots) of one collated batch, after the image splice.
+def _rows(inputs: dict) -> tuple[list[torch.Tensor], bool]:
+    """The samples of a collated batch as id rows without padding, and whether the batch is packed.
 
-    `images`/`image_sizes` are flat over the batch in marker order, so row r
-    owns the next `markers_r` image sizes (PIL width, height).
+    A packed batch (`DataCollatorForPackedSequences`: no attention mask,
+    position_ids restarting per sample) is split at its sample starts.
     """
-    input_ids = inputs["input_ids"]
-    mask = inputs.get("attention_mask")
-    markers = (input_ids == IMAGE_TOKEN_INDEX).sum(dim=1).tolist()
-    text = (mask.sum(dim=1) if mask is not None else torch.full_like(input_ids[:, 0], input_ids.shape[1])).tolist()
+    input_ids, mask = inputs["input_ids"], inputs.get("attention_mask")
+    if mask is None and inputs.get("position_ids") is not None:
+        return list(input_ids.reshape(-1).split(sample_lengths(inputs["position_ids"]))), True
+    if mask is None:
+        return list(input_ids), False
+    return [row[m.bool()] for row, m in zip(input_ids, mask)], False
+
+
+def count_batch_tokens(inputs: dict, layout, max_length: int | None) -> tuple[int, int, int]:
+    """(samples, real tokens, computed slots) of one collated batch, after the image splice.
+
+    `images`/`image_sizes` are flat over the batch in marker order, so sample s
+    owns the next `markers_s` image sizes (PIL width, height). A padded batch
+    computes samples x longest; a packed one computes exactly its tokens.
+    """
+    samples, packed = _rows(inputs)
     sizes = list(inputs.get("image_sizes") or [])
     rows, cursor = [], 0
-    for n_markers, n_text in zip(markers, text):
+    for ids in samples:
+        n_markers = int((ids == IMAGE_TOKEN_INDEX).sum())
         image_tokens = 0
         for w, h in sizes[cursor : cursor + n_markers]:
             image_tokens += layout.num_tokens((int(h), int(w))) if layout is not None else 0
         cursor += n_markers
-        n = n_text - n_markers + image_tokens
+        n = int(ids.shape[0]) - n_markers + image_tokens
         rows.append(min(n, max_length) if max_length else n)
-    padded = max(rows, default=0) * len(rows)
-    return len(rows), sum(rows), padded
+    computed = sum(rows) if packed else max(rows, default=0) * len(rows)
+    return len(rows), sum(rows), computed
 
 
 def _numel(p) -> int:

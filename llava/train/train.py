@@ -33,7 +33,8 @@ logger = logging.getLogger(__name__)
 def build(model_args, data_args, training_args):
     """Tokenizer, model (stage set up) and data module, exactly as `train` uses them."""
     from llava.train.lora import apply_lora, check_quantization_supported
-    from llava.train.model_setup import choose_pad_token, init_vision, load_model, load_tokenizer, set_trainable
+    from llava.train.model_setup import (allow_frozen_quantized_llm, choose_pad_token, init_vision, load_model,
+                                         load_tokenizer, set_trainable)
     from llava.vision_config import layout_from_args
 
     check_quantization_supported(training_args.bits)
@@ -53,7 +54,11 @@ def build(model_args, data_args, training_args):
     if training_args.lora_enable:
         model = apply_lora(model, training_args)
     set_trainable(model, model_args, training_args)
+    allow_frozen_quantized_llm(model, model_args, training_args)
     from llava.data import make_supervised_data_module
+    from llava.data.collator import DataCollatorForPackedSequences
+    from llava.model.attention import use_packed_attention
+    from llava.model.fused_loss import enable_liger_kernel
     from llava.train.llava_trainer import trains_llm
 
     data_module = make_supervised_data_module(
@@ -61,6 +66,12 @@ def build(model_args, data_args, training_args):
         model_max_length=training_args.model_max_length,
         require_images=not trains_llm(model),  # text-only samples would train nothing: skip and count
     )
+    if training_args.packing:
+        data_module["data_collator"] = DataCollatorForPackedSequences(tokenizer)  # docs/Packing.md
+        use_packed_attention(model)  # sdpa -> per-sample sdpa; flash-attn runs varlen as it is
+    if training_args.use_liger_kernel:
+        enable_liger_kernel(model)  # our wrappers' own path; warns and trains plainly without liger-kernel or a GPU
+        training_args.use_liger_kernel = False  # the Trainer's own call knows only plain HF model types
     return tokenizer, model, data_module
 
 
@@ -95,6 +106,10 @@ def train(attn_implementation: str | None = None, argv: list[str] | None = None)
     trainer.save_state()
     model.config.use_cache = True
     trainer.save_model(training_args.output_dir)
+    if trainer.is_world_process_zero():  # the reference code's tokenizers read tokenizer.model
+        from llava.model.reference import keep_sentencepiece
+
+        keep_sentencepiece(model_args.model_name_or_path, training_args.output_dir)
     return trainer
 
 

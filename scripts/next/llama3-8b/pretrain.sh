@@ -3,6 +3,7 @@
 # on LLaVA-Pretrain 558K captions. Llama-3-8B-Instruct + CLIP-L/336, 8 GPUs.
 # Edit the variables below; every check happens in Python (llava/train/train.py).
 set -e
+source ./scripts/common.sh   # the launcher: NNODES, NODE_RANK, MASTER_ADDR, MASTER_PORT or HOSTFILE (docs/MultiNode.md)
 
 # --- what you edit --------------------------------------------------------
 LLM=./checkpoints/Meta-Llama-3-8B-Instruct  # local copy of meta-llama/Meta-Llama-3-8B-Instruct
@@ -15,15 +16,15 @@ GRID_PINPOINTS="[[336,672],[672,336],[672,672],[1008,336],[336,1008]]"  # anyres
 DATA_PATH=./playground/data/LLaVA-Pretrain/blip_laion_cc_sbu_558k.json  # see docs/Data.md
 IMAGE_FOLDER=./playground/data/LLaVA-Pretrain/images
 OUTPUT_DIR=./checkpoints/llava-next-llama3-8b-pretrain  # rerun the same command to resume
-NUM_GPUS=8
-PER_DEVICE_BATCH=8          # global batch = NUM_GPUS * PER_DEVICE_BATCH * GRAD_ACCUM = 256
+NUM_GPUS=8                  # per node
+PER_DEVICE_BATCH=8          # global batch = NNODES * NUM_GPUS * PER_DEVICE_BATCH * GRAD_ACCUM = 256 on one node
 GRAD_ACCUM=4
 LR=1e-3
 MAX_LEN=4096
 REPORT_TO=wandb             # or tensorboard, or none
 # ---------------------------------------------------------------------------
 
-deepspeed --num_gpus "$NUM_GPUS" llava/train/train_mem.py \
+launch "$NUM_GPUS" llava/train/train_mem.py \
     --deepspeed ./scripts/zero2.json \
     --model_name_or_path "$LLM" \
     --version plain \

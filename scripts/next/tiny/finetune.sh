@@ -3,6 +3,7 @@
 # scripts/next/vicuna-7b/finetune.sh at tiny size, starting from the projector
 # that pretrain.sh wrote. Checks happen in Python.
 set -e
+source ./scripts/common.sh   # the launcher: NNODES, NODE_RANK, MASTER_ADDR, MASTER_PORT or HOSTFILE (docs/MultiNode.md)
 
 # --- what you edit (demo.sh passes WORK) -----------------------------------
 WORK=${WORK:-./demo_runs/tiny}
@@ -13,18 +14,21 @@ PRETRAIN_DIR=$WORK/pretrain           # OUTPUT_DIR of pretrain.sh
 DATA_PATH=$WORK/data/finetune.json    # "What colour is the shape?" -> colour
 IMAGE_FOLDER=$WORK/data/images
 OUTPUT_DIR=$WORK/finetune
+NPROC_PER_NODE=${NPROC_PER_NODE:-1}   # CPU processes per node (gloo when more than one in all)
 PER_DEVICE_BATCH=${PER_DEVICE_BATCH:-8}
 GRAD_ACCUM=1
 LR=${LR:-3e-3}                        # LLM and projector (a tiny random model takes a large lr)
 VISION_TOWER_LR=1e-4
 EPOCHS=${EPOCHS:-1}
 MAX_STEPS=${MAX_STEPS:--1}                  # > 0 overrides EPOCHS
+SAVE_STRATEGY=${SAVE_STRATEGY:-no}    # steps: a checkpoint every SAVE_STEPS (rerun resumes from it)
+SAVE_STEPS=${SAVE_STEPS:-500}
 MAX_LEN=512
 REPORT_TO=none
 BF16=${BF16:-True}                   # bf16 autocast: ~2x faster on CPUs with AVX512-BF16/AMX; False elsewhere
 # ---------------------------------------------------------------------------
 
-python llava/train/train_mem.py \
+launch_cpu "$NPROC_PER_NODE" llava/train/train_mem.py \
     --use_cpu True \
     --model_name_or_path "$LLM" \
     --version v1 \
@@ -48,7 +52,8 @@ python llava/train/train_mem.py \
     --per_device_train_batch_size "$PER_DEVICE_BATCH" \
     --gradient_accumulation_steps "$GRAD_ACCUM" \
     --eval_strategy no \
-    --save_strategy no \
+    --save_strategy "$SAVE_STRATEGY" \
+    --save_steps "$SAVE_STEPS" \
     --learning_rate "$LR" \
     --weight_decay 0. \
     --warmup_ratio 0.03 \

@@ -4,6 +4,7 @@
 # projector. Vicuna-7B v1.5 + CLIP-L/336, 8 GPUs, conversation template v1.
 # Edit the variables below; every check happens in Python (llava/train/train.py).
 set -e
+source ./scripts/common.sh   # the launcher: NNODES, NODE_RANK, MASTER_ADDR, MASTER_PORT or HOSTFILE (docs/MultiNode.md)
 
 # --- what you edit --------------------------------------------------------
 LLM=./checkpoints/vicuna-7b-v1.5                     # local copy of lmsys/vicuna-7b-v1.5
@@ -19,8 +20,8 @@ IMAGE_FOLDER=./playground/data
 # Open-LLaVA-NeXT mix1M instead (its images live under playground/data too):
 # DATA_PATH=./playground/data/open-llava-next/open-llava-next_instruct_mix1M.json
 OUTPUT_DIR=./checkpoints/llava-next-vicuna-7b-sft  # rerun the same command to resume
-NUM_GPUS=8
-PER_DEVICE_BATCH=8          # global batch = NUM_GPUS * PER_DEVICE_BATCH * GRAD_ACCUM = 128
+NUM_GPUS=8                  # per node
+PER_DEVICE_BATCH=8          # global batch = NNODES * NUM_GPUS * PER_DEVICE_BATCH * GRAD_ACCUM = 128 on one node
 GRAD_ACCUM=2
 LR=2e-5                     # LLM and projector
 VISION_TOWER_LR=2e-6        # the unfrozen vision tower
@@ -28,7 +29,7 @@ MAX_LEN=4096
 REPORT_TO=wandb             # or tensorboard, or none
 # ---------------------------------------------------------------------------
 
-deepspeed --num_gpus "$NUM_GPUS" llava/train/train_mem.py \
+launch "$NUM_GPUS" llava/train/train_mem.py \
     --deepspeed ./scripts/zero3.json \
     --model_name_or_path "$LLM" \
     --version v1 \

@@ -5,6 +5,7 @@
 # Needs bitsandbytes and a CUDA GPU (on CPU, train.py stops with a clear error).
 # Merge afterwards: python scripts/merge_lora_weights.py --model-path $OUTPUT_DIR --model-base $LLM --save-model-path ...
 set -e
+source ./scripts/common.sh   # the launcher: NNODES, NODE_RANK, MASTER_ADDR, MASTER_PORT or HOSTFILE (docs/MultiNode.md)
 
 # --- what you edit --------------------------------------------------------
 LLM=./checkpoints/vicuna-7b-v1.5                     # local copy of lmsys/vicuna-7b-v1.5
@@ -15,8 +16,8 @@ PRETRAIN_DIR=./checkpoints/llava-next-vicuna-7b-pretrain  # OUTPUT_DIR of pretra
 DATA_PATH=./playground/data/llava_v1_5_mix665k.json
 IMAGE_FOLDER=./playground/data
 OUTPUT_DIR=./checkpoints/llava-next-vicuna-7b-qlora
-NUM_GPUS=1
-PER_DEVICE_BATCH=4          # global batch = NUM_GPUS * PER_DEVICE_BATCH * GRAD_ACCUM = 128
+NUM_GPUS=1                  # per node
+PER_DEVICE_BATCH=4          # global batch = NNODES * NUM_GPUS * PER_DEVICE_BATCH * GRAD_ACCUM = 128 on one node
 GRAD_ACCUM=32               # out of memory? halve PER_DEVICE_BATCH and double this
 LR=2e-4                     # LoRA adapters
 PROJECTOR_LR=2e-5
@@ -26,7 +27,7 @@ MAX_LEN=4096
 REPORT_TO=wandb             # or tensorboard, or none
 # ---------------------------------------------------------------------------
 
-deepspeed --num_gpus "$NUM_GPUS" llava/train/train_mem.py \
+launch "$NUM_GPUS" llava/train/train_mem.py \
     --deepspeed ./scripts/zero2.json \
     --lora_enable True --lora_r "$LORA_R" --lora_alpha "$LORA_ALPHA" \
     --bits 4 --double_quant True --quant_type nf4 \

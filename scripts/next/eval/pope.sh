@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# POPE: answers with llava.eval.model_vqa_loader (one chunk per GPU), then accuracy, precision, recall, F1 per category.
+# Data layout: docs/Evaluation.md (playground/data/eval/pope).
+set -e
+
+# --- what you edit ---------------------------------------------------------
+CKPT=${CKPT:-./checkpoints/llava-next-vicuna-7b-sft}   # our checkpoint, or a LLaVA / LLaVA-NeXT one
+CONV_MODE=${CONV_MODE:-vicuna_v1}                        # the template it was finetuned with
+BATCH=${BATCH:-8}                                        # questions per generate call (same answers as 1)
+EVAL=${EVAL:-./playground/data/eval}
+GPUS=${CUDA_VISIBLE_DEVICES:-0}
+# ---------------------------------------------------------------------------
+
+NAME=$(basename "$CKPT")
+IFS=',' read -ra GPULIST <<< "$GPUS"
+CHUNKS=${#GPULIST[@]}
+OUT=$EVAL/pope/answers/$NAME
+mkdir -p "$OUT"
+for IDX in $(seq 0 $((CHUNKS - 1))); do
+    CUDA_VISIBLE_DEVICES=${GPULIST[$IDX]} python -m llava.eval.model_vqa_loader \
+        --model-path "$CKPT" \
+        --question-file "$EVAL/pope/llava_pope_test.jsonl" \
+        --image-folder "$EVAL/pope/val2014" \
+        --answers-file "$OUT/${CHUNKS}_${IDX}.jsonl" \
+        --num-chunks "$CHUNKS" --chunk-idx "$IDX" \
+        --batch-size "$BATCH" --temperature 0 --conv-mode "$CONV_MODE" &
+done
+wait
+cat "$OUT"/${CHUNKS}_*.jsonl > "$OUT/merge.jsonl"
+
+python -m llava.eval.score pope \
+    --annotation-dir "$EVAL/pope/coco" \
+    --question-file "$EVAL/pope/llava_pope_test.jsonl" \
+    --result-file "$OUT/merge.jsonl"

@@ -107,6 +107,7 @@ def _check(out, results, n):
     scanned = [line for line in out.splitlines() if "data: scanned" in line]
     loaded = [line for line in out.splitlines() if "loaded the scan cache" in line]
     assert len(scanned) == 1 and len(loaded) == 1, out[-4000:]
+    print("\n".join(scanned + loaded))  # shown with -s: how long the scan took, how long the load
     scanner = scanned[0].split("]")[0].split("rank")[-1]
     other = "1" if scanner == "0" else "0"
     assert loaded[0].startswith(f"[rank{other}] data: rank {other} loaded the scan cache")

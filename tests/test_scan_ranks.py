@@ -7,6 +7,7 @@ group's timeout is 10 s and the scanner is made to take longer than that.
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -50,8 +51,9 @@ ds = LazySupervisedDataset(spec["data"], load_vendored_tokenizer("llama2"), vers
 kept = [(ds.records.sample_id(int(i)), int(n)) for i, n in zip(ds.entries.index, ds.entries.length)]
 everyone = [None, None]
 dist.all_gather_object(everyone, kept)
-print("RESULT " + json.dumps({"rank": int(rank), "same": everyone[0] == everyone[1], "kept": len(kept),
-                              "skipped": ds.problems.total}), flush=True)
+with open(spec["results"] + rank, "w") as fh:  # a file per rank: the ranks' stdout lines interleave
+    json.dump({"rank": int(rank), "same": everyone[0] == everyone[1], "kept": len(kept),
+               "skipped": ds.problems.total}, fh)
 dist.destroy_process_group()
 '''
 
@@ -86,7 +88,8 @@ def run_two_ranks(tmp_path, n: int, delay: float, timeout: int):
     data.write_text(json.dumps(make_samples(n, folder)))
     script = tmp_path / "ranks.py"
     script.write_text(SCRIPT)
-    spec = json.dumps(dict(data=str(data), folder=str(folder), cache=str(tmp_path / "cache"), delay=delay))
+    spec = json.dumps(dict(data=str(data), folder=str(folder), cache=str(tmp_path / "cache"), delay=delay,
+                           results=str(tmp_path / "result-")))
     env = {**os.environ, "PYTHONPATH": str(REPO), "TOKENIZERS_PARALLELISM": "false", "PYTHONWARNINGS": "ignore"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
            str(_free_port()), str(script), spec]
@@ -99,19 +102,18 @@ def run_two_ranks(tmp_path, n: int, delay: float, timeout: int):
         out, _ = proc.communicate()
         pytest.fail(f"torchrun timed out:\n{out[-4000:]}")
     assert proc.returncode == 0, out[-4000:]
-    results = [json.loads(line.split("RESULT ", 1)[1]) for line in out.splitlines() if "RESULT " in line]
-    return out, sorted(results, key=lambda r: r["rank"])
+    return out, [json.loads((tmp_path / f"result-{rank}").read_text()) for rank in (0, 1)]
 
 
 def _check(out, results, n):
-    scanned = [line for line in out.splitlines() if "data: scanned" in line]
-    loaded = [line for line in out.splitlines() if "loaded the scan cache" in line]
+    # the two ranks write to one pipe, so a line may hold pieces of both: search, do not split lines
+    scanned = re.findall(r"\[rank(\d)\] data: scanned \d+ samples in [\d.]+ s", out)
+    loaded = re.findall(r"\[rank(\d)\] data: rank (\d) loaded the scan cache \S+ written by rank (\d) .*? in [\d.]+ s",
+                        out)
     assert len(scanned) == 1 and len(loaded) == 1, out[-4000:]
-    print("\n".join(scanned + loaded))  # shown with -s: how long the scan took, how long the load
-    scanner = scanned[0].split("]")[0].split("rank")[-1]
-    other = "1" if scanner == "0" else "0"
-    assert loaded[0].startswith(f"[rank{other}] data: rank {other} loaded the scan cache")
-    assert f"written by rank {scanner} " in loaded[0]
+    print(re.findall(r"\[rank\d\] data: (?:scanned|rank \d loaded).*? in [\d.]+ s", out))  # -s: the times
+    scanner, (loader, loader_says, writer) = scanned[0], loaded[0]
+    assert {scanner, loader} == {"0", "1"} and loader_says == loader and writer == scanner
     expected_skipped = len([k for k in range(n) if k % 10 and k % 50 == 1])
     assert [r["same"] for r in results] == [True, True]
     assert [r["kept"] for r in results] == [n - expected_skipped] * 2

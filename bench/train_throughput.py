@@ -24,6 +24,7 @@ profiler trace, that flash-attn's varlen kernel runs and SDPA does not.
 from __future__ import annotations
 
 import argparse
+import gc
 import itertools
 import json
 import platform
@@ -86,17 +87,21 @@ def build_model(shape: dict, dtype, device: str, tmp: Path, stage: str, attn: st
     return model
 
 
-def make_samples(lengths: list[int], layout, shape_name: str, vocab: int, seed: int) -> list[dict]:
-    """Dataset-like samples whose post-splice lengths follow `lengths` (scaled to this image's token count)."""
-    g = torch.Generator().manual_seed(seed)
+def make_samples(lengths: list[int], indices, layout, shape_name: str, vocab: int, seed: int) -> dict[int, dict]:
+    """Dataset-like samples for `indices`, whose post-splice lengths follow `lengths` (scaled to this image).
+
+    Only the samples the run uses are built (a 336-px sample's tiles take 7 MB);
+    each from its own seed, so a sample is the same in every configuration.
+    """
     image_wh = IMAGE_WH[shape_name]
     image_tokens = layout.num_tokens(image_wh[::-1])
     tiles = layout.num_tiles(image_wh[::-1])
     scale = image_tokens / MIX_IMAGE_TOKENS
-    samples = []
-    for n in lengths:
-        has_image = n > 0
-        text = max(4, round(abs(n) * scale) - (image_tokens if has_image else 0))
+    samples = {}
+    for i in sorted(set(indices)):
+        g = torch.Generator().manual_seed(seed * 1_000_003 + i)
+        has_image = lengths[i] > 0
+        text = max(4, round(abs(lengths[i]) * scale) - (image_tokens if has_image else 0))
         ids = torch.randint(3, vocab, (text,), generator=g)
         labels = ids.clone()
         labels[: text // 3] = IGNORE_INDEX  # the prompt
@@ -104,7 +109,7 @@ def make_samples(lengths: list[int], layout, shape_name: str, vocab: int, seed: 
             ids = torch.cat([ids[:1], torch.tensor([IMAGE_TOKEN_INDEX]), ids[1:]])
             labels = torch.cat([labels[:1], torch.tensor([IGNORE_INDEX]), labels[1:]])
         images = [torch.randn(tiles, 3, layout.tile_size, layout.tile_size, generator=g)] if has_image else []
-        samples.append(dict(input_ids=ids, labels=labels, images=images, image_sizes=[image_wh] * has_image))
+        samples[i] = dict(input_ids=ids, labels=labels, images=images, image_sizes=[image_wh] * has_image)
     return samples
 
 
@@ -152,6 +157,9 @@ class Variant:
 def run_config(args, shape_name, liger, recompute, device, dtype, lengths, tmp) -> list[dict]:
     """One model; every (order, mode) variant's step k runs back to back, so load changes hit all alike."""
     shape = SHAPES[shape_name]
+    if device == "cuda":
+        gc.collect()  # what a previous configuration (or its out-of-memory traceback) left
+        torch.cuda.empty_cache()
     torch.manual_seed(0)
     model = build_model(shape, dtype, device, tmp, args.stage,
                         FLASH if device == "cuda" and flash_attn_available() else "sdpa")
@@ -184,15 +192,16 @@ def run_config(args, shape_name, liger, recompute, device, dtype, lengths, tmp) 
 def make_variants(args, model, lengths, shape_name, train_step) -> list[Variant]:
     """Each (order, mode) variant's collated micro-batches; its warm-up steps run here."""
     layout = model.get_image_layout()
-    samples = make_samples(lengths, layout, shape_name, SHAPES[shape_name]["vocab"], args.seed)
+    groups = {o: micro_batches(lengths, args.batch, args.warmup + args.steps, o, args.seed) for o in args.orders}
+    used = [i for order_groups in groups.values() for group in order_groups for i in group]
+    samples = make_samples(lengths, used, layout, shape_name, SHAPES[shape_name]["vocab"], args.seed)
     flops = flops_per_token(model)
     variants = []
     for order in args.orders:
-        groups = micro_batches(lengths, args.batch, args.warmup + args.steps, order, args.seed)
         for mode in args.modes:
             collate = (DataCollatorForPackedSequences if mode == "packed" else DataCollatorForSupervisedDataset)(
                 SimpleNamespace(pad_token_id=PAD_ID))
-            batches = [collate([samples[i] for i in group]) for group in groups]
+            batches = [collate([samples[i] for i in group]) for group in groups[order]]
             variants.append(Variant(order, mode, batches[args.warmup :], layout, flops, IMAGE_WH[shape_name]))
             for batch in batches[: args.warmup]:
                 train_step(batch)
@@ -313,7 +322,6 @@ def main():
             except torch.OutOfMemoryError:
                 results += [dict(stage=args.stage, mode=m, order=o, liger=liger, recompute=recompute, oom=True)
                             for o in args.orders for m in args.modes]
-                torch.cuda.empty_cache()
             print(json.dumps(results[-len(args.orders) * len(args.modes):]), flush=True)
     add_speedups(results, args.orders[0])
     device_name = torch.cuda.get_device_name() if cuda else \

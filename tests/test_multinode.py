@@ -84,7 +84,9 @@ def test_two_nodes_train_together_checkpoint_and_resume(work):
     assert (state["global_step"], state["epoch"]) == (2, 0.5)
 
     outs = _two_nodes(work, MAX_STEPS="4", SAVE_STRATEGY="steps", SAVE_STEPS="4")
-    assert any(f"resuming from {out_dir / 'checkpoint-2'}" in out for out in outs), outs[0][-3000:]
+    # the trainer's resume line, printed by each node: the checkpoint, and the world it was written by (2 processes)
+    assert all("resuming from checkpoint-2: step 2, epoch 0.5; 2 process(es) x batch 2" in out for out in outs), \
+        outs[0][-3000:]
     state = json.loads((out_dir / "trainer_state.json").read_text())
     assert (state["global_step"], state["epoch"]) == (4, 1.0)
     assert sorted(p.name for p in out_dir.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]

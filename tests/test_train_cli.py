@@ -39,7 +39,8 @@ def test_cli_pretrain_then_finetune_then_generate(tiny_llama_dir, tiny_clip_dir,
          cwd=tmp_path)
     tokenizer, model, processor, context_len = load_pretrained_model(ft, None, ft.name, device="cpu",
                                                                      torch_dtype="float32")
-    assert context_len == 512 and model.config.image_aspect_ratio == "anyres"
+    # context_len as LLaVA-NeXT reports it: the LLM's max_position_embeddings (4096 in the tiny config)
+    assert context_len == 4096 and model.config.image_aspect_ratio == "anyres"
     assert tokenizer.pad_token == "<unk>" and model.config.tokenizer_padding_side == "right"
     # The finetune started from the pretrain projector and changed it.
     pretrained = torch.load(pre / "mm_projector.bin", weights_only=True)

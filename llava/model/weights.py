@@ -29,7 +29,7 @@ from transformers.core_model_loading import WeightRenaming, rename_source_key
 PROJECTOR_FILE = "mm_projector.bin"
 """Pretrain stage output: `model.mm_projector.*` and `model.image_newline` (LLaVA's name)."""
 NON_LORA_FILE = "non_lora_trainables.bin"
-"""LoRA output: the trainable tensors outside the adapters (projector, newline, unfrozen tower), PEFT names."""
+"""LoRA output: the trainable tensors outside the adapters (projector, newline, unfrozen tower, tower LoRA), PEFT names."""
 SAFE_WEIGHTS_FILE = "model.safetensors"
 SAFE_WEIGHTS_INDEX_FILE = "model.safetensors.index.json"
 PEFT_PREFIX = "base_model.model."

@@ -131,7 +131,8 @@ class TrainingArguments(transformers.TrainingArguments):
     mm_vision_lora_enable: bool = field(
         default=False,
         metadata={"help": "Train the vision tower only through LoRA on its linear layers (XTuner's LLaVA-Llama-3 "
-                  "finetune); the tower's own weights stay frozen. Combines with a full or a LoRA LLM."},
+                  "finetune); the tower's own weights stay frozen, the branches take --mm_vision_tower_lr "
+                  "(default --learning_rate). Combines with a full or a LoRA LLM; merged at load and conversion."},
     )
     mm_vision_lora_r: int = field(default=64, metadata={"help": "Vision-tower LoRA rank."})
     mm_vision_lora_alpha: int = field(default=16, metadata={"help": "Vision-tower LoRA alpha (scale = alpha / r)."})

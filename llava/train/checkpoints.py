@@ -1,4 +1,4 @@
-"""Checkpoints that survive a kill, resumes that cannot drift, and DeepSpeed states loaded without pickle code.
+"""Checkpoints that survive a kill, and resumes that cannot drift.
 
 - A checkpoint is written into `output_dir/.partial-checkpoint-N` and renamed
   to `checkpoint-N` only when every rank has finished writing (the trainer's
@@ -11,14 +11,12 @@
   incomplete ones.
 - `ResumeContract`: what the data order depends on. A resume that changes
   any of it is refused with the old and new values (docs/Checkpoints.md).
-- `weights_only_deepspeed_loads(engine)`: DeepSpeed's own checkpoint engine
-  unpickles (`weights_only=False`); for the duration of one load its `load`
-  goes through `torch.load(weights_only=True)` with a small allow-list.
+
+DeepSpeed's engine states load without pickle: `llava.train.deepspeed_loads`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import json
@@ -27,8 +25,6 @@ import re
 import shutil
 import zipfile
 from pathlib import Path
-
-import torch
 
 from llava.model.weights import (
     NON_LORA_FILE,
@@ -305,46 +301,3 @@ def rotate(output_dir, save_total_limit: int | None, keep=()) -> list[Path]:
             shutil.rmtree(folder)
             deleted.append(folder)
     return deleted
-
-
-# ---- DeepSpeed: its checkpoint engine calls torch.load(weights_only=False) ----
-
-def deepspeed_safe_globals() -> list:
-    """Classes DeepSpeed's model and optimizer states hold besides tensors and containers (allow-listed)."""
-    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
-    from deepspeed.runtime.zero.config import ZeroStageEnum
-    from deepspeed.utils.tensor_fragment import fragment_address
-
-    return [LossScaler, DynamicLossScaler, ZeroStageEnum, fragment_address]
-
-
-class _WeightsOnlyLoads:
-    """A DeepSpeed checkpoint engine whose `load` cannot run pickled code; everything else is the wrapped engine's."""
-
-    def __init__(self, inner, allowed: list):
-        self._inner = inner
-        self._allowed = allowed
-
-    def load(self, path, map_location=None):
-        with torch.serialization.safe_globals(self._allowed):
-            try:
-                return torch.load(path, map_location=map_location, weights_only=True)
-            except Exception as err:  # an UnpicklingError names the refused global
-                raise RuntimeError(f"refusing {path}: it needs more than tensors and DeepSpeed's allow-listed "
-                                   f"states to load (see docs/Checkpoints.md, 'What is trusted'): {err}") from err
-
-    def __getattr__(self, name):
-        return getattr(self._inner, name)
-
-
-@contextlib.contextmanager
-def weights_only_deepspeed_loads(engine):
-    """Within the context, `engine.load_checkpoint` reads every file with `torch.load(weights_only=True)`."""
-    if engine.load_universal_checkpoint():
-        raise RuntimeError("universal DeepSpeed checkpoints load pickles outside the checkpoint engine; refused")
-    original = engine.checkpoint_engine
-    engine.checkpoint_engine = _WeightsOnlyLoads(original, deepspeed_safe_globals())
-    try:
-        yield engine
-    finally:
-        engine.checkpoint_engine = original

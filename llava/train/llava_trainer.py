@@ -39,6 +39,7 @@ from llava.model.weights import (
     unwrap_peft,
 )
 from llava.train import checkpoints
+from llava.train.deepspeed_loads import weights_only_deepspeed_loads
 from llava.train.sampler import ModalityLengthGroupedSampler
 from llava.train.saving import gather_state, lora_state, non_lora_trainables, projector_named_params
 from llava.train.throughput import ThroughputCallback
@@ -320,7 +321,7 @@ class LLaVATrainer(Trainer):
             return super()._prepare_for_training(max_steps, train_dataloader, resume_from_checkpoint)
         model, train_dataloader = super()._prepare_for_training(max_steps, train_dataloader, None)
         engine = self.model_wrapped
-        with checkpoints.weights_only_deepspeed_loads(engine):
+        with weights_only_deepspeed_loads(engine):
             load_path, _ = engine.load_checkpoint(
                 resume_from_checkpoint, load_module_strict=unwrap_peft(self.model) is self.model,
                 load_optimizer_states=True, load_lr_scheduler_states=True)

@@ -35,11 +35,13 @@ def answer_then_stop(model, tokenizer, word: str = "red") -> None:
         head[tokenizer.eos_token_id] = -50 * c
 
 
-def build_checkpoint(dst: Path, llm_dir: Path, tower_dir: Path, tokenizer, seed: int = 0, stop: bool = False) -> Path:
+def build_checkpoint(dst: Path, llm_dir: Path, tower_dir: Path, tokenizer, seed: int = 0, stop: bool = False,
+                     family: str = "llama") -> Path:
     """A full checkpoint folder as the quick start's finetune writes it (random weights; see `answer_then_stop`)."""
-    from llava.model import LlavaLlamaForCausalLM
+    from llava.model import LlavaLlamaForCausalLM, LlavaQwenForCausalLM
 
-    model = LlavaLlamaForCausalLM.from_pretrained(llm_dir, dtype=torch.float32)
+    cls = LlavaQwenForCausalLM if family == "qwen2" else LlavaLlamaForCausalLM
+    model = cls.from_pretrained(llm_dir, dtype=torch.float32)
     args = SimpleNamespace(
         vision_tower=str(tower_dir), mm_vision_select_layer=-2, mm_vision_select_feature="patch",
         pretrain_mm_mlp_adapter=None, mm_projector_type="mlp2x_gelu", mm_patch_merge_type="spatial_unpad",

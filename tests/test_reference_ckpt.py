@@ -18,19 +18,15 @@ from __future__ import annotations
 import json
 import shutil
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from eval_support import build_checkpoint
-from llava.mm_utils import process_images, tokenizer_image_token
 from llava.model.builder import load_pretrained_model
 from llava.model.vision_tower import build_vision_tower
 
 CPU = dict(device="cpu", torch_dtype="float32")
-PROMPT = "A chat. USER: <image>\nWhat is this? ASSISTANT:"
 TOWER = "model.vision_tower."
 
 
@@ -40,7 +36,8 @@ def to_reference(src, dst, model_type: str, keep_tower: bool):
     config = json.loads((dst / "config.json").read_text())
     config.pop("mm_vision_config")
     config.pop("dtype", None)
-    config.update(model_type=model_type, torch_dtype="bfloat16", architectures=["LlavaLlamaForCausalLM"])
+    arch = "LlavaQwenForCausalLM" if "qwen" in model_type else "LlavaLlamaForCausalLM"
+    config.update(model_type=model_type, torch_dtype="bfloat16", architectures=[arch])
     (dst / "config.json").write_text(json.dumps(config, indent=2))
     weights = load_file(dst / "model.safetensors")
     projector = {k: v.to(torch.bfloat16) for k, v in weights.items() if "mm_projector" in k or "image_newline" in k}
@@ -66,12 +63,18 @@ def ours(tmp_path_factory, tiny_llama_dir, tiny_clip_dir, tokenizers):
                             tokenizers("llama2"))
 
 
-def logits(model, tokenizer, processor):
-    picture = Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 90, 3), dtype=np.uint8))
-    ids = tokenizer_image_token(PROMPT, tokenizer, return_tensors="pt").unsqueeze(0)
-    with torch.no_grad():
-        return model(input_ids=ids, images=process_images([picture], processor, model.config),
-                     image_sizes=[picture.size]).logits
+@pytest.fixture(scope="module")
+def ours_qwen(tmp_path_factory, tiny_qwen_dir, tiny_clip_dir, tokenizers):
+    return build_checkpoint(tmp_path_factory.mktemp("ours") / "llava-qwen", tiny_qwen_dir, tiny_clip_dir,
+                            tokenizers("qwen2"), family="qwen2")
+
+
+def test_llava_qwen_loads_exactly(tmp_path, ours_qwen, tiny_clip_dir):
+    ref = to_reference(ours_qwen, tmp_path / "ref", "llava_qwen", keep_tower=False)
+    _, model, _, _ = load_pretrained_model(ref, None, "some-name", **CPU)
+    assert type(model).__name__ == "LlavaQwenForCausalLM"
+    expected, state = expected_state(ours_qwen, tiny_clip_dir, keep_tower=False), saved_state(model)
+    assert set(state) == set(expected) and all(torch.equal(state[k], expected[k]) for k in expected)
 
 
 def saved_state(model) -> dict:

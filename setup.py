@@ -25,6 +25,7 @@ INSTALL_REQUIRES = [
     "numpy>=1.26",
     "pyyaml>=6",
     "tqdm>=4.66",
+    "orjson>=3.9",  # the compact record store (llava/data/record_store.py)
     "sentencepiece>=0.2",
     "protobuf>=4",
 ]

@@ -3,11 +3,26 @@
 Folders are built once per test session (seconds), never downloaded.
 """
 
+import os
+
 import pytest
 
 from llava.demo.tiny import build_tiny_llm, build_tiny_vision_tower, load_vendored_tokenizer
 
 TINY_TILE = 56  # 4x4 patches of 14 px: tiny but still a real grid
+
+
+@pytest.fixture(scope="session", autouse=True)
+def data_cache_dir(tmp_path_factory):
+    """The dataset scan cache of this session (also for the training subprocesses): never ~/.cache."""
+    folder = tmp_path_factory.mktemp("data_cache")
+    previous = os.environ.get("LLAVA_DATA_CACHE_DIR")
+    os.environ["LLAVA_DATA_CACHE_DIR"] = str(folder)
+    yield folder
+    if previous is None:
+        os.environ.pop("LLAVA_DATA_CACHE_DIR", None)
+    else:
+        os.environ["LLAVA_DATA_CACHE_DIR"] = previous
 
 
 @pytest.fixture(scope="session")

@@ -7,10 +7,12 @@
 
 It runs the pass the training dataset runs at start (`lengths.scan_records`:
 batched tokenisation, the same image layout, `llava.vision_config.layout_from_args`),
-with train.py's defaults for every shared flag, and also decodes every image
+with train.py's defaults for every shared flag, on every core, and writes the
+same scan cache (`--data_cache_dir`), so training on a checked dataset starts
+without scanning again. Then it decodes every kept sample's images
 (`--headers_only` skips that), which training does only when it loads a
-sample. It reports the problems per kind with the first sample ids, the
-token-length distribution and the share over the limit. `--strict` exits
+sample; those decode errors are reported here, not written into the cache.
+It reports the problems per kind with the first sample ids, the token-length distribution and the share over the limit. `--strict` exits
 non-zero on any problem; an empty dataset always fails, as training would.
 """
 
@@ -25,14 +27,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
+from tqdm import tqdm
 from transformers import AutoTokenizer
 
 from llava.anyres import DEFAULT_ASPECT_RATIO, DEFAULT_MERGE_TYPE, DEFAULT_SELECT_FEATURE, ImageLayout
 from llava.constants import DEFAULT_MODEL_MAX_LENGTH, DEFAULT_VERSION
 from llava.conversation import get_conversation_template
-from llava.data.lengths import scan_records
-from llava.data.problems import PROBLEM_KINDS, ProblemLog
-from llava.data.sources import load_records
+from llava.data.headers import read_headers
+from llava.data.lengths import prepare_sample
+from llava.data.parallel_scan import ScanRequest, load_or_scan
+from llava.data.problems import PROBLEM_KINDS, DataProblem, ProblemLog
+from llava.data.record_store import EntryTable
 from llava.vision_config import layout_from_args
 
 
@@ -69,9 +75,8 @@ def report(n_records, entries, problems, all_lengths, max_length, seconds) -> st
         f"token length: min {lengths[0] if lengths else 0}, median {percentile(lengths, 50)}, "
         f"p95 {percentile(lengths, 95)}, max {lengths[-1] if lengths else 0}; "
         f"over model_max_length {max_length}: {over} ({100 * over / max(len(lengths), 1):.2f}%)",
-        f"truncated text-only samples: {sum(e.truncated for e in entries)}",
-        f"with images: {sum(bool(e.image_paths) for e in entries)}, text-only: "
-        f"{sum(not e.image_paths for e in entries)}",
+        f"truncated text-only samples: {int(entries.truncated.sum())}",
+        f"with images: {int(entries.has_images.sum())}, text-only: {int((~entries.has_images).sum())}",
     ]
     for kind, meaning in PROBLEM_KINDS.items():
         if problems.counts[kind]:
@@ -93,7 +98,12 @@ def parse_args(argv=None):
     p.add_argument("--image_grid_pinpoints", default=None, help="anyres grids; default LLaVA-NeXT's five")
     p.add_argument("--mm_patch_merge_type", default=DEFAULT_MERGE_TYPE, help="flat, spatial or spatial_unpad")
     p.add_argument("--mm_vision_select_feature", default=DEFAULT_SELECT_FEATURE, help="patch or cls_patch")
-    p.add_argument("--workers", type=int, default=None, help="threads reading (and decoding) images")
+    p.add_argument("--workers", type=int, default=None, help="processes scanning (default: every core)")
+    p.add_argument("--data_cache_dir", default=None,
+                   help="scan cache folder, as train.py's --data_cache_dir (default: $LLAVA_DATA_CACHE_DIR, else "
+                   "~/.cache/llava-next/data; 'none': no cache)")
+    p.add_argument("--require_images", action="store_true",
+                   help="check for a frozen-LLM stage (pretrain): text-only samples are problems, as train.py counts them")
     p.add_argument("--headers_only", action="store_true",
                    help="read image headers only (faster; misses files truncated after a valid header)")
     p.add_argument("--strict", action="store_true", help="exit non-zero on any problem")
@@ -107,8 +117,8 @@ class CheckResult:
 
     n_samples: int
     """Samples in the files (bad JSONL lines included)."""
-    entries: list
-    """`ScanEntry` of each usable sample, with its exact length."""
+    entries: EntryTable
+    """Each usable sample (`record_store.EntryTable`: iterate for rows with index, length, ...)."""
     problems: ProblemLog
     """Counts and first ids of every problem kind."""
     all_lengths: list
@@ -120,14 +130,22 @@ def run(args) -> CheckResult:
     get_conversation_template(args.version)  # an unknown --version fails here, as in training
     tokenizer = AutoTokenizer.from_pretrained(args.model_name_or_path)
     layout = check_layout(args)
-    problems, all_lengths = ProblemLog(strict=False), []
-    records = load_records(args.data_path, args.image_folder, problems)
-    if layout is None and any(isinstance(r.sample, dict) and r.sample.get("image") for r in records):
-        raise ValueError("the data has images; pass --vision_tower (or a LLaVA checkpoint)")
-    entries = scan_records(records, tokenizer, args.version, layout, args.model_max_length, problems,
-                           workers=args.workers, progress=not args.no_progress, all_lengths=all_lengths,
-                           decode=not args.headers_only)
-    return CheckResult(len(records) + problems.counts["bad_json_line"], entries, problems, all_lengths)
+    request = ScanRequest(args.data_path, args.image_folder, tokenizer, args.version, layout, args.model_max_length,
+                          require_images=args.require_images)
+    try:
+        scan = load_or_scan(request, cache_dir=args.data_cache_dir, processes=args.workers,
+                            progress=not args.no_progress)
+    except ValueError as err:
+        if layout is None and "no image layout" in str(err):
+            raise ValueError("the data has images; pass --vision_tower (or a LLaVA checkpoint)") from None
+        raise
+    problems = ProblemLog(strict=False)
+    scan.replay(problems)
+    entries = scan.entries
+    if not args.headers_only:
+        entries = entries.subset(decodes(scan, problems, not args.no_progress))
+    return CheckResult(scan.n_records + problems.counts["bad_json_line"], entries, problems,
+                       scan.all_lengths.tolist())
 
 
 def main(argv=None) -> int:
@@ -145,6 +163,22 @@ def main(argv=None) -> int:
         print("error: no usable sample: training would stop at start", file=sys.stderr)
         return 1
     return 1 if args.strict and found.problems.total else 0
+
+
+def decodes(scan, problems: ProblemLog, progress: bool):
+    """bool per kept sample: all its images decode; a `decode_error` problem for each sample that fails."""
+    rows = [int(i) for i in scan.entries.index]
+    paths = [prepare_sample(scan.records[row]).image_paths for row in rows]  # one record decoded at a time
+    with tqdm(total=len({p for ps in paths for p in ps}), desc="decode images", unit="img",
+              disable=not progress) as bar:
+        results = read_headers([p for ps in paths for p in ps], progress=bar.update, decode=True)
+    ok = np.ones(len(rows), dtype=bool)
+    for k, (row, sample_paths) in enumerate(zip(rows, paths)):
+        bad = next((p for p in sample_paths if isinstance(results[p], str)), None)
+        if bad is not None:
+            problems.add(DataProblem(results[bad], f"image {bad}", scan.records.sample_id(row)))
+            ok[k] = False
+    return ok
 
 
 if __name__ == "__main__":

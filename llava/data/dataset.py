@@ -3,7 +3,9 @@
 At construction every record is checked and measured (`lengths.scan_records`:
 image headers only, batched tokenisation), so bad samples are skipped and
 counted before training starts, and the exact length of every kept sample is
-known for `group_by_modality_length`. `__getitem__` then tokenises one sample
+known for `group_by_modality_length`. That scan runs once per job and is
+cached on disk (`parallel_scan.load_or_scan`); the records are held as JSON
+bytes in one buffer (`record_store`), decoded per sample. `__getitem__` then tokenises one sample
 and decodes its pixels. A pixel decode failure there (a file whose header was
 fine) is logged at once, counted across DataLoader worker processes
 (`SharedProblems`), and the sample is replaced by the next good one, so every
@@ -16,6 +18,7 @@ from __future__ import annotations
 import logging
 import time
 
+import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
@@ -23,10 +26,10 @@ from torch.utils.data import Dataset
 from llava.anyres import ImageLayout
 from llava.conversation import get_conversation_template
 from llava.data.collator import DataCollatorForSupervisedDataset
-from llava.data.lengths import ScanEntry, fit_length, image_tokens, prepare_sample, scan_records
+from llava.data.lengths import fit_length, image_tokens, prepare_sample
+from llava.data.parallel_scan import ScanRequest, load_or_scan
 from llava.data.preprocess import conversation_segments, encode_segments
 from llava.data.problems import DataProblem, ProblemLog, SharedProblems, is_main_process
-from llava.data.sources import load_records
 from llava.mm_utils import image_tiles
 from llava.pixel_recipe import TileRecipe
 
@@ -51,12 +54,13 @@ class LazySupervisedDataset(Dataset):
       for text-only data; image samples then raise);
     - `image_folder`: what relative image paths are joined to;
     - `strict`: raise at the first bad sample instead of skipping and counting;
-    - `require_images`: text-only samples are a problem (no LLM weight trains).
+    - `require_images`: text-only samples are a problem (no LLM weight trains);
+    - `cache_dir`: where the scan is cached (`--data_cache_dir`; None: the default folder, "none": no cache).
     """
 
     def __init__(self, data_path, tokenizer, *, version: str, max_length: int, layout: ImageLayout | None = None,
                  image_processor=None, image_folder: str | None = None, strict: bool = False,
-                 require_images: bool = False):
+                 require_images: bool = False, cache_dir: str | None = None):
         super().__init__()
         get_conversation_template(version)  # unknown --version fails here, not at step 1
         self.tokenizer, self.version, self.max_length = tokenizer, version, int(max_length)
@@ -65,13 +69,14 @@ class LazySupervisedDataset(Dataset):
         self.problems = ProblemLog(strict=strict)
         self.met_in_training = SharedProblems()
         started = time.perf_counter()
-        self.records = load_records(data_path, image_folder, self.problems)
-        entries = scan_records(self.records, tokenizer, version, layout, self.max_length, self.problems,
-                               require_images=require_images)
-        if any(e.image_paths for e in entries) and (layout is None or image_processor is None):
+        request = ScanRequest(str(data_path), image_folder, tokenizer, version, layout, self.max_length, require_images)
+        scan = load_or_scan(request, cache_dir=cache_dir, progress=True)  # only the scanning process draws it
+        self.records, self.entries = scan.records, scan.entries  # compact arrays: record_store
+        scan.replay(self.problems)  # strict mode raises the first problem here, cold or cached
+        entries = self.entries
+        if entries.has_images.any() and (layout is None or image_processor is None):
             raise ValueError(f"{data_path} has image samples but the dataset has no image layout/processor "
                              "(train with --vision_tower, or use text-only data)")
-        self.entries: list[ScanEntry] = entries
         if is_main_process():
             logger.info("data: %d of %d samples checked in %.1f s", len(entries), len(self.records),
                         time.perf_counter() - started)
@@ -85,18 +90,18 @@ class LazySupervisedDataset(Dataset):
     @property
     def lengths(self) -> list[int]:
         """Exact sequence length of each sample (image tokens included)."""
-        return [e.length for e in self.entries]
+        return self.entries.length.tolist()
 
     @property
     def modality_lengths(self) -> list[int]:
         """Length, positive for samples with images and negative for text-only ones (LLaVA's convention)."""
-        return [e.length if e.image_paths else -e.length for e in self.entries]
+        return np.where(self.entries.has_images, self.entries.length, -self.entries.length).tolist()
 
     def __getitem__(self, i: int) -> dict:
         for step in range(len(self.entries)):
             index = (i + step) % len(self.entries)
             try:
-                return self._load(self.entries[index])
+                return self._load(index)
             except DataProblem as problem:
                 if self.problems.strict:
                     raise
@@ -126,19 +131,20 @@ class LazySupervisedDataset(Dataset):
             log.warning("this rank replaced %d samples while loading: %s", met.total, met.summary())
         return line
 
-    def _load(self, entry: ScanEntry) -> dict:
-        record = self.records[entry.index]
+    def _load(self, index: int) -> dict:
+        record = self.records[int(self.entries.index[index])]
+        image_hw = self.entries.image_hw(index)
         prepared = prepare_sample(record)
         segments = conversation_segments(prepared.turns, self.version)
         ids, labels = encode_segments([segments], self.tokenizer, has_image=True)[0]
-        extra = image_tokens(self.layout, entry.image_hw)
-        ids, labels, _ = fit_length(ids, labels, extra, self.max_length, bool(entry.image_hw), record.sample_id)
-        images = [self._pixels(path, record.sample_id) for path in entry.image_paths]
+        extra = image_tokens(self.layout, image_hw)
+        ids, labels, _ = fit_length(ids, labels, extra, self.max_length, bool(image_hw), record.sample_id)
+        images = [self._pixels(path, record.sample_id) for path in prepared.image_paths]
         return dict(
             input_ids=torch.tensor(ids, dtype=torch.long),
             labels=torch.tensor(labels, dtype=torch.long),
             images=images,
-            image_sizes=[(w, h) for h, w in entry.image_hw],  # PIL (width, height), as LLaVA
+            image_sizes=[(w, h) for h, w in image_hw],  # PIL (width, height), as LLaVA
         )
 
     def _pixels(self, path: str, sample_id) -> torch.Tensor:
@@ -180,5 +186,6 @@ def make_supervised_data_module(tokenizer, data_args, *, version: str, layout: I
         data_args.data_path, tokenizer, version=version, max_length=resolve_max_length(tokenizer, model_max_length),
         layout=layout, image_processor=image_processor, image_folder=data_args.image_folder,
         strict=data_args.strict_data, require_images=require_images,
+        cache_dir=getattr(data_args, "data_cache_dir", None),  # LLaVA's own DataArguments have no such field
     )
     return dict(train_dataset=dataset, eval_dataset=None, data_collator=DataCollatorForSupervisedDataset(tokenizer))

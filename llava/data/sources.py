@@ -136,9 +136,7 @@ def load_records(data_path, image_folder=None, problems: ProblemLog | None = Non
         return _records(enumerate(read_json_records(path, problems)), path.name, image_folder)
     out = []
     for number, entry in enumerate(_mixture_entries(path), start=1):
-        json_path = Path(entry["json_path"])
-        if not json_path.is_absolute() and not json_path.exists():
-            json_path = path.parent / json_path
+        json_path = _json_path(path, entry)
         try:
             items = list(enumerate(read_json_records(json_path, problems)))
         except ValueError as err:
@@ -146,6 +144,22 @@ def load_records(data_path, image_folder=None, problems: ProblemLog | None = Non
         items = sample_subset(items, entry.get("sampling_strategy", "all"))
         out.extend(_records(items, json_path.name, entry.get("image_folder", image_folder)))
     return out
+
+
+def data_files(data_path) -> list[Path]:
+    """Every file whose content `load_records(data_path)` reads: the mixture file and its JSON files."""
+    path = Path(data_path)
+    if path.suffix not in (".yaml", ".yml"):
+        return [path]
+    return [path] + [_json_path(path, entry) for entry in _mixture_entries(path)]
+
+
+def _json_path(mixture: Path, entry: dict) -> Path:
+    """An entry's json_path: as written, else relative to the mixture file's folder."""
+    json_path = Path(entry["json_path"])
+    if not json_path.is_absolute() and not json_path.exists():
+        json_path = mixture.parent / json_path
+    return json_path
 
 
 def _mixture_entries(path: Path) -> list[dict]:

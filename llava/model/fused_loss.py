@@ -24,6 +24,7 @@ from transformers import LlamaModel, Qwen2Model
 from transformers.integrations import is_deepspeed_zero3_enabled
 
 from llava.constants import IGNORE_INDEX
+from llava.model.weights import unwrap_peft
 
 logger = logging.getLogger(__name__)
 
@@ -76,7 +77,7 @@ def enable_liger_kernel(model) -> bool:
 
     `model` is our wrapper, possibly inside a PEFT model.
     """
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = unwrap_peft(model)
     reason = liger_unavailable_reason()
     if reason is not None:
         logger.warning("--use_liger_kernel: %s; training continues with transformers' kernels and loss", reason)

@@ -90,6 +90,12 @@ class DataArguments:
         default=None,
         metadata={"help": "anyres canvases as [[h, w], ...] pixels or LLaVA-NeXT's '(1x1),...,(3x3)' range; default: 5 grids."},
     )
+    data_cache_dir: str | None = field(
+        default=None,
+        metadata={"help": "Folder for the start-up scan's cache (one file per data/tokenizer/template/layout/"
+                  "max-length combination; see docs/Data.md). Default: $LLAVA_DATA_CACHE_DIR, else "
+                  "~/.cache/llava-next/data. 'none' scans on every rank at every start and keeps nothing."},
+    )
     strict_data: bool = field(
         default=False,
         metadata={"help": "Stop at the first bad sample (missing/undecodable image, markers vs images, over-length); "

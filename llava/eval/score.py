@@ -207,28 +207,33 @@ def gqa(annotation_file, result_file, predictions_file=None) -> dict:
     return result
 
 
+# benchmark -> (help, the script whose answers it scores, {required flag: help}, {optional flag: (help, default)})
+SCORERS = {
+    "mmbench": ("circular accuracy on a dev TSV, and the submission file", "model_vqa_mmbench",
+                {"--question-file": "the MMBench TSV the answers were made from"},
+                {"--submission-file": ("where to write the upload TSV", None)}),
+    "textvqa": ("VQA accuracy on TextVQA val", "model_vqa_loader", {"--annotation-file": "TextVQA_0.5.1_val.json"}, {}),
+    "pope": ("accuracy / F1 per POPE category", "model_vqa_loader",
+             {"--annotation-dir": "folder of coco_pope_<category>.json label files",
+              "--question-file": "the questions JSONL (with 'category')"}, {}),
+    "sqa": ("ScienceQA accuracy (and IMG accuracy)", "model_vqa_science",
+            {"--base-dir": "folder with problems.json and pid_splits.json"}, {"--split": ("split in pid_splits.json", "test")}),
+    "gqa": ("exact-match accuracy on GQA testdev", "model_vqa_loader",
+            {"--annotation-file": "testdev_balanced_questions.json"},
+            {"--predictions-file": ("where to write GQA's predictions JSON", None)}),
+}
+
+
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="benchmark", required=True)
-    p = sub.add_parser("mmbench", help="circular accuracy on a dev TSV, and the submission file")
-    p.add_argument("--question-file", required=True, help="the MMBench TSV the answers were made from")
-    p.add_argument("--result-file", required=True, help="model_vqa_mmbench's answers JSONL")
-    p.add_argument("--submission-file", default=None, help="where to write the upload TSV")
-    p = sub.add_parser("textvqa", help="VQA accuracy on TextVQA val")
-    p.add_argument("--annotation-file", required=True, help="TextVQA_0.5.1_val.json")
-    p.add_argument("--result-file", required=True, help="model_vqa_loader's answers JSONL")
-    p = sub.add_parser("pope", help="accuracy / F1 per POPE category")
-    p.add_argument("--annotation-dir", required=True, help="folder of coco_pope_<category>.json label files")
-    p.add_argument("--question-file", required=True, help="the questions JSONL (with 'category')")
-    p.add_argument("--result-file", required=True, help="model_vqa_loader's answers JSONL")
-    p = sub.add_parser("sqa", help="ScienceQA accuracy (and IMG accuracy)")
-    p.add_argument("--base-dir", required=True, help="folder with problems.json and pid_splits.json")
-    p.add_argument("--result-file", required=True, help="model_vqa_science's answers JSONL")
-    p.add_argument("--split", default="test", help="split in pid_splits.json")
-    p = sub.add_parser("gqa", help="exact-match accuracy on GQA testdev")
-    p.add_argument("--annotation-file", required=True, help="testdev_balanced_questions.json")
-    p.add_argument("--result-file", required=True, help="model_vqa_loader's answers JSONL")
-    p.add_argument("--predictions-file", default=None, help="where to write GQA's predictions JSON")
+    for name, (help_text, producer, required, optional) in SCORERS.items():
+        p = sub.add_parser(name, help=help_text)
+        for flag, flag_help in required.items():
+            p.add_argument(flag, required=True, help=flag_help)
+        p.add_argument("--result-file", required=True, help=f"{producer}'s answers JSONL")
+        for flag, (flag_help, default) in optional.items():
+            p.add_argument(flag, default=default, help=flag_help)
     return parser.parse_args(argv)
 
 

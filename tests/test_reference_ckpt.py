@@ -10,7 +10,8 @@ folder when the checkpoint has none.
 
 Their tokenizers ship `tokenizer.model` (SentencePiece); ours are vendored as
 `tokenizer.json` only, and no SentencePiece model can be rebuilt from it, so
-the fixture keeps `tokenizer.json` (see docs/Conversion.md).
+most fixtures keep `tokenizer.json` (see docs/Conversion.md), and one trains a
+small real SentencePiece model to check a `tokenizer.model`-only folder.
 """
 
 from __future__ import annotations
@@ -165,3 +166,51 @@ def sentencepiece_model(tmp_path) -> bytes:
                                    model_type="bpe", minloglevel=2)
     return (tmp_path / "spm.model").read_bytes()
 
+
+
+def sentencepiece_model(vocab_size: int = 400) -> bytes:
+    """A small real SentencePiece BPE model (what the reference code's Llama tokenizers ship as tokenizer.model)."""
+    import io
+    import random
+
+    import sentencepiece as spm
+
+    words = "USER ASSISTANT what colour is the shape a red green blue yellow circle square image answer".split()
+    rng = random.Random(0)
+    lines = [" ".join(rng.choice(words) for _ in range(12)) for _ in range(2000)]
+    out = io.BytesIO()
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(lines), model_writer=out, vocab_size=vocab_size,
+                                   model_type="bpe", byte_fallback=True, unk_id=0, bos_id=1, eos_id=2, pad_id=-1,
+                                   character_coverage=1.0, minloglevel=2)
+    return out.getvalue()
+
+
+def test_tokenizer_model_only_checkpoint_loads(tmp_path, ours):
+    """A reference folder whose tokenizer is `tokenizer.model` alone (no tokenizer.json) loads, with that vocabulary."""
+    import sentencepiece as spm
+
+    ref = to_reference(ours, tmp_path / "ref", "llava_llama", keep_tower=True)
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
+                 "chat_template.jinja"):
+        (ref / name).unlink(missing_ok=True)
+    proto = sentencepiece_model()
+    (ref / "tokenizer.model").write_bytes(proto)
+    (ref / "tokenizer_config.json").write_text(json.dumps({
+        "tokenizer_class": "LlamaTokenizer", "model_max_length": 512, "padding_side": "right",
+        "add_bos_token": True, "add_eos_token": False, "legacy": False}))
+    vocab = spm.SentencePieceProcessor(model_proto=proto).get_piece_size()
+    config = json.loads((ref / "config.json").read_text())
+    config["vocab_size"] = vocab
+    (ref / "config.json").write_text(json.dumps(config, indent=2))
+    weights = load_file(ref / "model.safetensors")
+    for key in ("model.embed_tokens.weight", "lm_head.weight"):
+        weights[key] = weights[key][:vocab].clone()
+    save_file(weights, ref / "model.safetensors", metadata={"format": "pt"})
+
+    tokenizer, model, _, _ = load_pretrained_model(ref, None, "llava-v1.5-ref", **CPU)
+    assert not (ref / "tokenizer.json").exists() and len(tokenizer) == vocab == 400
+    text = "USER: what colour is the shape? ASSISTANT: red"
+    assert tokenizer(text).input_ids == [1] + spm.SentencePieceProcessor(model_proto=proto).encode(text)
+    state = saved_state(model)
+    assert torch.equal(state["model.embed_tokens.weight"], weights["model.embed_tokens.weight"].float())
+    assert torch.equal(state["lm_head.weight"], weights["lm_head.weight"].float())

@@ -24,19 +24,30 @@ if __package__ in (None, ""):
 
 import transformers  # noqa: E402
 
+from llava.data import make_supervised_data_module  # noqa: E402
+from llava.data.collator import DataCollatorForPackedSequences  # noqa: E402
 from llava.data.preprocess import preprocess  # noqa: E402,F401  (LLaVA's `llava.train.train.preprocess`)
+from llava.model.attention import use_packed_attention  # noqa: E402
+from llava.model.fused_loss import enable_liger_kernel  # noqa: E402
+from llava.model.reference import keep_sentencepiece  # noqa: E402
 from llava.train.arguments import DataArguments, ModelArguments, TrainingArguments, parse_args  # noqa: E402,F401
+from llava.train.llava_trainer import LLaVATrainer, check_modality_mix, trains_llm  # noqa: E402
+from llava.train.lora import apply_lora, check_quantization_supported  # noqa: E402
+from llava.train.model_setup import (  # noqa: E402
+    allow_frozen_quantized_llm,
+    choose_pad_token,
+    init_vision,
+    load_model,
+    load_tokenizer,
+    set_trainable,
+)
+from llava.vision_config import layout_from_args  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
 
 def build(model_args, data_args, training_args):
     """Tokenizer, model (stage set up) and data module, exactly as `train` uses them."""
-    from llava.train.lora import apply_lora, check_quantization_supported
-    from llava.train.model_setup import (allow_frozen_quantized_llm, choose_pad_token, init_vision, load_model,
-                                         load_tokenizer, set_trainable)
-    from llava.vision_config import layout_from_args
-
     check_quantization_supported(training_args.bits)
     if model_args.vision_tower is None:
         raise ValueError("--vision_tower is required: this package trains LLaVA models (got none)")
@@ -55,12 +66,6 @@ def build(model_args, data_args, training_args):
         model = apply_lora(model, training_args)
     set_trainable(model, model_args, training_args)
     allow_frozen_quantized_llm(model, model_args, training_args)
-    from llava.data import make_supervised_data_module
-    from llava.data.collator import DataCollatorForPackedSequences
-    from llava.model.attention import use_packed_attention
-    from llava.model.fused_loss import enable_liger_kernel
-    from llava.train.llava_trainer import trains_llm
-
     data_module = make_supervised_data_module(
         tokenizer, data_args, version=model_args.version, layout=layout, image_processor=tower.image_processor,
         model_max_length=training_args.model_max_length,
@@ -81,8 +86,6 @@ def train(attn_implementation: str | None = None, argv: list[str] | None = None)
     `attn_implementation` is the default for `--attn_implementation`
     (train_mem.py passes flash_attention_2, which falls back to sdpa).
     """
-    from llava.train.llava_trainer import LLaVATrainer, check_modality_mix
-
     overrides = {"attn_implementation": attn_implementation} if attn_implementation else {}
     model_args, data_args, training_args = parse_args(argv, **overrides)
     if training_args.world_size > 1 and not training_args.deepspeed and training_args.ddp_find_unused_parameters is None:
@@ -107,8 +110,6 @@ def train(attn_implementation: str | None = None, argv: list[str] | None = None)
     model.config.use_cache = True
     trainer.save_model(training_args.output_dir)
     if trainer.is_world_process_zero():  # the reference code's tokenizers read tokenizer.model
-        from llava.model.reference import keep_sentencepiece
-
         keep_sentencepiece(model_args.model_name_or_path, training_args.output_dir)
     return trainer
 

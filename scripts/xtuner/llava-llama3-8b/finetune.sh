@@ -21,6 +21,8 @@ PER_DEVICE_BATCH=8          # config: batch_size = 8 (per device)
 GRAD_ACCUM=2                # config: accumulative_counts = 2; global batch = NNODES * NUM_GPUS * 8 * 2 = 128 on one node
 LR=2e-5                     # config: lr = 2e-5, LLM, projector and the tower's LoRA alike
 MAX_LEN=2048                # config: max_length = int(2048 - (336 / 14)**2) text tokens + 576 image tokens
+                            #   (counted with the image tokens; a longer image sample is skipped and
+                            #   counted, where XTuner cuts its text)
 VISION_LORA_R=64            # config: visual_encoder_lora r=64
 VISION_LORA_ALPHA=16        # config: visual_encoder_lora lora_alpha=16
 VISION_LORA_DROPOUT=0.05    # config: visual_encoder_lora lora_dropout=0.05, bias='none'

@@ -21,6 +21,8 @@ PER_DEVICE_BATCH=1          # config: batch_size = 1 (per device)
 GRAD_ACCUM=16               # config: accumulative_counts = 16; global batch = NNODES * NUM_GPUS * 1 * 16 = 16 on one GPU
 LR=2e-5                     # config: lr = 2e-5, the LLM's LoRA and the projector alike
 MAX_LEN=2048                # config: max_length = int(2048 - (336 / 14)**2) text tokens + 576 image tokens
+                            #   (counted with the image tokens; a longer image sample is skipped and
+                            #   counted, where XTuner cuts its text)
 LORA_R=64                   # config: llm_lora r=64
 LORA_ALPHA=16               # config: llm_lora lora_alpha=16
 LORA_DROPOUT=0.05           # config: llm_lora lora_dropout=0.05, bias='none'

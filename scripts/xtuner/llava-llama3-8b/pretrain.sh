@@ -20,7 +20,8 @@ PER_DEVICE_BATCH=32         # config: batch_size = 32 (per device)
 GRAD_ACCUM=1                # config: accumulative_counts = 1; global batch = NNODES * NUM_GPUS * 32 * 1 = 256 on one node
 LR=1e-3                     # config: lr = 1e-3 (AdamW, betas 0.9/0.999, weight_decay 0, max_norm 1, warmup_ratio 0.03, cosine)
 MAX_LEN=2048                # config: max_length = int(2048 - (336 / 14)**2) = 1472 text tokens + 576 image tokens;
-                            #   our limit counts the image tokens too, so it is XTuner's 2048
+                            #   our limit counts the image tokens too, so it is XTuner's 2048;
+                            #   a longer image sample is skipped and counted, where XTuner cuts its text
 REPORT_TO=wandb             # or tensorboard, or none
 # ---------------------------------------------------------------------------
 # Fixed by the recipe: template llama3_chat (our llava_llama_3); pad_image_to_square=False (square: CLIP's

@@ -92,6 +92,16 @@ def test_json_jsonl_and_yaml_mixture(tmp_path, folder):
     assert load_records(no_id)[0].sample_id == "c.json:0"
 
 
+def test_llava_two_argument_call_works_on_text_only_data(tmp_path, tokenizers):
+    """LLaVA's `make_supervised_data_module(tokenizer=, data_args=)`, nothing else: LLaVA's default template."""
+    tok = tokenizers("llama2")
+    tok.model_max_length = 256
+    data = write_json(tmp_path / "d.json", [qa("Just text?", "Yes, just text.", sid="text")])
+    data_args = SimpleNamespace(data_path=str(data), image_folder=None, strict_data=False)
+    ds = make_supervised_data_module(tokenizer=tok, data_args=data_args)["train_dataset"]
+    assert len(ds) == 1 and ds.version == "v0" and ds[0]["images"] == []
+
+
 def test_items_multi_image_text_only_and_collator(tmp_path, folder, processor, tokenizers):
     tok = tokenizers("llama2")
     samples = [

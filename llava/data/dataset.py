@@ -24,6 +24,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from llava.anyres import ImageLayout
+from llava.constants import DEFAULT_VERSION
 from llava.conversation import get_conversation_template
 from llava.data.collator import DataCollatorForSupervisedDataset
 from llava.data.lengths import fit_length, image_tokens, prepare_sample
@@ -173,14 +174,15 @@ def _tile_recipe(layout: ImageLayout | None, image_processor) -> TileRecipe | No
     return recipe
 
 
-def make_supervised_data_module(tokenizer, data_args, *, version: str, layout: ImageLayout | None = None,
-                                image_processor=None, model_max_length: int | None = None,
+def make_supervised_data_module(tokenizer, data_args, *, version: str = DEFAULT_VERSION,
+                                layout: ImageLayout | None = None, image_processor=None, model_max_length: int | None = None,
                                 require_images: bool = False) -> dict:
     """LLaVA's entry point: the training dataset and its collator (no eval set).
 
     `data_args` gives what the user passed (`data_path`, `image_folder`,
     `strict_data`); what the model decides comes as arguments, never as
-    attributes written onto `data_args`. `model_max_length` defaults to the tokenizer's.
+    attributes written onto `data_args`. `model_max_length` defaults to the tokenizer's,
+    `version` to LLaVA's `--version` default, so LLaVA's own two-argument call works on text-only data.
     """
     dataset = LazySupervisedDataset(
         data_args.data_path, tokenizer, version=version, max_length=resolve_max_length(tokenizer, model_max_length),

@@ -175,8 +175,8 @@ def _tile_recipe(layout: ImageLayout | None, image_processor) -> TileRecipe | No
 
 
 def make_supervised_data_module(tokenizer, data_args, *, version: str = DEFAULT_VERSION,
-                                layout: ImageLayout | None = None, image_processor=None, model_max_length: int | None = None,
-                                require_images: bool = False) -> dict:
+                                layout: ImageLayout | None = None, image_processor=None,
+                                model_max_length: int | None = None, require_images: bool = False) -> dict:
     """LLaVA's entry point: the training dataset and its collator (no eval set).
 
     `data_args` gives what the user passed (`data_path`, `image_folder`,

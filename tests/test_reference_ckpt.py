@@ -167,9 +167,8 @@ def sentencepiece_model(tmp_path) -> bytes:
     return (tmp_path / "spm.model").read_bytes()
 
 
-
-def sentencepiece_model(vocab_size: int = 400) -> bytes:
-    """A small real SentencePiece BPE model (what the reference code's Llama tokenizers ship as tokenizer.model)."""
+def sentencepiece_tokenizer(vocab_size: int = 400) -> bytes:
+    """A SentencePiece BPE model with Llama's special ids, big enough to tokenise prompts (a tokenizer.model)."""
     import io
     import random
 
@@ -193,7 +192,7 @@ def test_tokenizer_model_only_checkpoint_loads(tmp_path, ours):
     for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
                  "chat_template.jinja"):
         (ref / name).unlink(missing_ok=True)
-    proto = sentencepiece_model()
+    proto = sentencepiece_tokenizer()
     (ref / "tokenizer.model").write_bytes(proto)
     (ref / "tokenizer_config.json").write_text(json.dumps({
         "tokenizer_class": "LlamaTokenizer", "model_max_length": 512, "padding_side": "right",

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from llava.model.weights import safetensors_shapes, weight_files
 from llava.vision_config import read_vision_config
 
 MODEL_TYPES = {"llava": "llava_llama", "llava_llama": "llava_llama", "llama": "llava_llama",
@@ -64,21 +65,19 @@ def read_llava_config(path, config_class):
 
 
 def checkpoint_keys(path) -> set[str]:
-    """Tensor names in a folder's safetensors / .bin weights, read from headers or the index only."""
+    """Tensor names in a folder's weights, from headers only: safetensors through `llava.model.weights`'
+    readers (the ones the strict checks use), LLaVA-1.5's `pytorch_model*.bin` through its index or a meta load."""
     path = Path(path)
-    for index in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
-        if (path / index).is_file():
-            return set(json.loads((path / index).read_text())["weight_map"])
-    if (path / "model.safetensors").is_file():
-        from safetensors import safe_open
-
-        with safe_open(path / "model.safetensors", framework="pt") as f:
-            return set(f.keys())
+    if (path / "pytorch_model.bin.index.json").is_file():
+        return set(json.loads((path / "pytorch_model.bin.index.json").read_text())["weight_map"])
     if (path / "pytorch_model.bin").is_file():
         import torch
 
         return set(torch.load(path / "pytorch_model.bin", map_location="meta", weights_only=True))
-    return set()
+    try:
+        return {key for file in weight_files(path) for key in safetensors_shapes(file)}
+    except FileNotFoundError:
+        return set()
 
 
 def checkpoint_has_tower(path) -> bool:

@@ -180,3 +180,15 @@ def test_text_only_overflow_is_truncated_image_overflow_dropped(tmp_path, folder
     assert len(ds) == 1 and ds.lengths == [200] and ds.problems.counts["over_length"] == 1
     item = ds[0]
     assert item["input_ids"].shape == (200,) and (item["labels"] != IGNORE_INDEX).sum() > 100
+
+
+def test_image_resized_after_the_scan_is_refused_by_name(tmp_path, folder, processor, tokenizers):
+    """The scan cache keys on data files, not images: a replaced image of another size stops loading, named."""
+    tok = tokenizers("llama2")
+    data = write_json(tmp_path / "d.json", [qa("<image>\nWhat?", "Wide.", image="wide.jpg", sid="w")])
+    cache = tmp_path / "cache"
+    assert dataset(data, tok, processor, folder, cache_dir=str(cache))[0]["image_sizes"] == [SIZES["wide.jpg"]]
+    Image.new("RGB", (50, 120), (0, 0, 0)).save(folder / "wide.jpg")  # same name, transposed size
+    warm = dataset(data, tok, processor, folder, cache_dir=str(cache))  # the cache is reused: data file unchanged
+    with pytest.raises(ValueError, match=r"wide\.jpg \(sample w\) is 120x50 .* was 50x120 .* scan cache is stale"):
+        warm[0]

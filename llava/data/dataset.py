@@ -140,7 +140,7 @@ class LazySupervisedDataset(Dataset):
         ids, labels = encode_segments([segments], self.tokenizer, has_image=True)[0]
         extra = image_tokens(self.layout, image_hw)
         ids, labels, _ = fit_length(ids, labels, extra, self.max_length, bool(image_hw), record.sample_id)
-        images = [self._pixels(path, record.sample_id) for path in prepared.image_paths]
+        images = [self._pixels(path, hw, record.sample_id) for path, hw in zip(prepared.image_paths, image_hw)]
         return dict(
             input_ids=torch.tensor(ids, dtype=torch.long),
             labels=torch.tensor(labels, dtype=torch.long),
@@ -148,13 +148,22 @@ class LazySupervisedDataset(Dataset):
             image_sizes=[(w, h) for h, w in image_hw],  # PIL (width, height), as LLaVA
         )
 
-    def _pixels(self, path: str, sample_id) -> torch.Tensor:
-        """`[tiles, 3, s, s]` for one image, by the per-image function `process_images` also uses."""
+    def _pixels(self, path: str, scanned_hw: tuple[int, int], sample_id) -> torch.Tensor:
+        """`[tiles, 3, s, s]` for one image, by the per-image function `process_images` also uses.
+
+        The image must still have the size the scan measured: the token count
+        and the unpadding follow that size, and the scan cache keys on the data
+        files, not on the images.
+        """
         try:
             image = Image.open(path)
             image.load()  # decodes the pixels; the processors convert to RGB themselves
         except Exception as err:  # truncated or otherwise undecodable pixels
             raise DataProblem("decode_error", f"image {path}: {type(err).__name__}: {err}", sample_id) from None
+        if (image.height, image.width) != tuple(scanned_hw):
+            raise ValueError(f"image {path} (sample {sample_id}) is {image.height}x{image.width} (h x w) now but was "
+                             f"{scanned_hw[0]}x{scanned_hw[1]} when the data was scanned: the scan cache is stale; "
+                             "delete it (--data_cache_dir) or touch the data file")
         layout = self.layout
         pixels = image_tiles(image, self.image_processor, self.recipe, layout.aspect_ratio, layout.grid_pinpoints)
         if pixels.ndim != 4 or (pixels.shape[1], pixels.shape[2]) != (3, layout.tile_size):

@@ -78,6 +78,21 @@ def test_llava_qwen_loads_exactly(tmp_path, ours_qwen, tiny_clip_dir):
     assert set(state) == set(expected) and all(torch.equal(state[k], expected[k]) for k in expected)
 
 
+def test_bin_weights_load_exactly(tmp_path, ours, tiny_clip_dir):
+    """LLaVA-1.5's releases ship `pytorch_model.bin`: read without unpickling, checked tensor by tensor, exact."""
+    ref = to_reference(ours, tmp_path / "ref", "llava_llama", keep_tower=False)
+    torch.save(load_file(ref / "model.safetensors"), ref / "pytorch_model.bin")
+    (ref / "model.safetensors").unlink()
+    _, model, _, _ = load_pretrained_model(ref, None, "llava-v1.5-ref", **CPU)
+    expected, state = expected_state(ours, tiny_clip_dir, keep_tower=False), saved_state(model)
+    assert set(state) == set(expected) and all(torch.equal(state[k], expected[k]) for k in expected)
+    weights = torch.load(ref / "pytorch_model.bin", weights_only=True)
+    weights.pop("model.mm_projector.0.bias")
+    torch.save(weights, ref / "pytorch_model.bin")
+    with pytest.raises(ValueError, match=r"missing \['model.mm_projector.0.bias'\]"):
+        load_pretrained_model(ref, None, "llava-v1.5-ref", **CPU)
+
+
 def saved_state(model) -> dict:
     """The model's state with the keys as saved (transformers 5 drops `vision_model.` in memory)."""
     out = {}

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from llava.model.weights import safetensors_shapes, weight_files
+from llava.model.weights import tensor_shapes, weight_files
 from llava.vision_config import read_vision_config
 
 MODEL_TYPES = {"llava": "llava_llama", "llava_llama": "llava_llama", "llama": "llava_llama",
@@ -65,17 +65,9 @@ def read_llava_config(path, config_class):
 
 
 def checkpoint_keys(path) -> set[str]:
-    """Tensor names in a folder's weights, from headers only: safetensors through `llava.model.weights`'
-    readers (the ones the strict checks use), LLaVA-1.5's `pytorch_model*.bin` through its index or a meta load."""
-    path = Path(path)
-    if (path / "pytorch_model.bin.index.json").is_file():
-        return set(json.loads((path / "pytorch_model.bin.index.json").read_text())["weight_map"])
-    if (path / "pytorch_model.bin").is_file():
-        import torch
-
-        return set(torch.load(path / "pytorch_model.bin", map_location="meta", weights_only=True))
+    """Tensor names in a folder's weights (safetensors or LLaVA-1.5's `.bin`), read as the strict checks read them."""
     try:
-        return {key for file in weight_files(path) for key in safetensors_shapes(file)}
+        return {key for file in weight_files(path) for key in tensor_shapes(file)}
     except FileNotFoundError:
         return set()
 

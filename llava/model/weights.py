@@ -32,6 +32,8 @@ NON_LORA_FILE = "non_lora_trainables.bin"
 """LoRA output: the trainable tensors outside the adapters (projector, newline, unfrozen tower, tower LoRA), PEFT names."""
 SAFE_WEIGHTS_FILE = "model.safetensors"
 SAFE_WEIGHTS_INDEX_FILE = "model.safetensors.index.json"
+BIN_WEIGHTS_FILE = "pytorch_model.bin"  # LLaVA-1.5's releases; read with weights_only, never unpickled
+BIN_WEIGHTS_INDEX_FILE = "pytorch_model.bin.index.json"
 PEFT_PREFIX = "base_model.model."
 
 
@@ -139,14 +141,23 @@ def safetensors_shapes(path) -> dict[str, tuple[int, ...]]:
 
 
 def weight_files(folder) -> list[Path]:
-    """The safetensors files of a `save_pretrained` folder (through the index when sharded)."""
+    """The weight files of a `save_pretrained` folder (through the index when sharded): safetensors, else `.bin`."""
     folder = Path(folder)
-    index = folder / SAFE_WEIGHTS_INDEX_FILE
-    if index.is_file():
-        return [folder / name for name in sorted(set(json.loads(index.read_text())["weight_map"].values()))]
-    if (folder / SAFE_WEIGHTS_FILE).is_file():
-        return [folder / SAFE_WEIGHTS_FILE]
-    raise FileNotFoundError(f"{folder} has neither {SAFE_WEIGHTS_FILE} nor {SAFE_WEIGHTS_INDEX_FILE}")
+    for index, single in ((SAFE_WEIGHTS_INDEX_FILE, SAFE_WEIGHTS_FILE), (BIN_WEIGHTS_INDEX_FILE, BIN_WEIGHTS_FILE)):
+        if (folder / index).is_file():
+            shards = json.loads((folder / index).read_text())["weight_map"].values()
+            return [folder / name for name in sorted(set(shards))]
+        if (folder / single).is_file():
+            return [folder / single]
+    raise FileNotFoundError(f"{folder} has none of {SAFE_WEIGHTS_FILE}, {BIN_WEIGHTS_FILE} or their indexes")
+
+
+def tensor_shapes(path) -> dict[str, tuple[int, ...]]:
+    """{tensor name: shape} of one weight file: the safetensors header, or a `.bin` loaded onto the meta device."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        return safetensors_shapes(path)
+    return {key: tuple(t.shape) for key, t in torch.load(path, map_location="meta", weights_only=True).items()}
 
 
 def _renamer(model):
@@ -163,7 +174,7 @@ def file_tensor_shapes(folder, model) -> dict[str, tuple[int, ...]]:
     rename = _renamer(model)
     shapes = {}
     for path in weight_files(folder):
-        for key, shape in safetensors_shapes(path).items():
+        for key, shape in tensor_shapes(path).items():
             shapes[rename(key)] = shape
     return shapes
 
